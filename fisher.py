@@ -1,0 +1,115 @@
+"""Fisher information and FILA, the Fisher-weighted LoRA initialisation (METHOD §3-§4).
+
+Empirical diagonal Fisher of an adapted weight W on a data set D (METHOD §3):
+    F_D[i, j] = (1 / N_D) · Σ_batches n_b · (∂ NLL_b / ∂W[i, j])²
+with NLL_b the mean token NLL of batch b, n_b its target tokens, N_D = Σ n_b. With one sequence per
+batch this is the exact per-sequence empirical Fisher.
+
+FILA (METHOD §4): which rows of W matter for the forget set relative to the retain set,
+    I = F_f / (F_r + ε),   w_i = sqrt(Σ_j I[i, j])          (one weight per output row)
+then the best rank-r approximation of W in the w-weighted norm ‖diag(w)(W − X)‖_F:
+    diag(w) W = U S Vᵀ,   B = diag(1/(w+ε)) U_r sqrt(S_r/s),   A = sqrt(S_r/s) V_rᵀ,   W ← W − s·BA.
+With w = 1 this is PiSSA. The model's outputs are unchanged at initialisation.
+"""
+import torch
+
+import data
+from lora import lora_layers
+from model import token_nll
+
+EPS = 1e-5  # ε of METHOD §4, in the importance ratio and in 1/(w + ε)
+
+
+def fisher_diagonal(model, batches, device="cpu"):
+    """{adapted layer name: F (out, in), float32} for the frozen weight W of every LoRALinear.
+    `batches` yields lists of examples (data.collate). Gradients are taken with autograd.grad for
+    those weights only: one float32 accumulator per weight and no .grad buffers anywhere."""
+    layers = lora_layers(model)
+    if not layers:
+        raise ValueError("the model has no LoRA layers: call lora.add_lora first")
+    weights = [m.base.weight for m in layers.values()]
+    fisher = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
+    n_total = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for w in weights:
+            w.requires_grad_(True)
+        for batch in batches:
+            x, y = data.collate(batch, device)
+            nll, mask = token_nll(model(x), y)
+            n_b = int(mask.sum())
+            if n_b == 0:
+                continue
+            grads = torch.autograd.grad(nll.sum() / n_b, weights)  # ∂ NLL_b / ∂W
+            for f, g in zip(fisher, grads):
+                f.add_(g.float().square(), alpha=n_b)
+            n_total += n_b
+    finally:
+        for w in weights:
+            w.requires_grad_(False)
+        model.train(was_training)
+    if n_total == 0:
+        raise ValueError("no target tokens in the Fisher data")
+    return {name: f / n_total for name, f in zip(layers, fisher)}
+
+
+def weighted_lowrank(W, row_weights, rank, scaling, eps=EPS, randomized=False, niter=4):
+    """(B, A) with s·BA = diag(1/(w+ε)) U_r S_r V_rᵀ, the best rank-r approximation of W in the
+    row-weighted Frobenius norm (exact when ε = 0). W: (out, in), row_weights: (out,). The SVD runs
+    in float32 (float64 if W is float64); randomized uses torch.svd_lowrank, as the authors' code."""
+    out_f, in_f = W.shape
+    if not 0 < rank <= min(out_f, in_f):
+        raise ValueError(f"rank must be in [1, {min(out_f, in_f)}] for a {out_f}x{in_f} weight, got {rank}")
+    dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
+    W, w = W.to(dtype), row_weights.to(W.device, dtype)
+    if not torch.isfinite(w).all() or (w < 0).any():
+        raise ValueError("row weights must be finite and non-negative")
+    if not (w > 0).any():
+        raise ValueError("all row weights are zero: nothing to choose the directions by")
+    M = w[:, None] * W  # diag(w) W
+    if randomized:
+        U, S, V = torch.svd_lowrank(M, q=rank, niter=niter)
+        Vh = V.T
+    else:
+        U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    root = (S[:rank] / scaling).sqrt()                  # sqrt(S_r / s): (r,)
+    B = U[:, :rank] * root / (w + eps)[:, None]         # (out, r)
+    A = root[:, None] * Vh[:rank]                        # (r, in)
+    return B, A
+
+
+def row_importance(f_forget, f_retain, eps=EPS):
+    """w_i = sqrt(Σ_j F_f[i, j] / (F_r[i, j] + ε)): (out,). Errors on NaN/Inf and negative Fisher."""
+    for name, f in (("forget", f_forget), ("retain", f_retain)):
+        if not torch.isfinite(f).all():
+            raise ValueError(f"the {name} Fisher has NaN or Inf entries (did the loss overflow?)")
+        if (f < 0).any():
+            raise ValueError(f"the {name} Fisher has negative entries: it must be a mean of squares")
+    return (f_forget / (f_retain + eps)).sum(1).sqrt()
+
+
+@torch.no_grad()
+def init_adapters(model, method, fisher_forget=None, fisher_retain=None, randomized=False):
+    """Initialise every LoRALinear in place: 'lora' (keep A Kaiming, B = 0), 'pissa' or 'fila'.
+    Returns {layer: row weights} for fila (for inspection), else {}."""
+    if method not in ("lora", "pissa", "fila"):
+        raise ValueError(f"unknown adapter init {method!r}: lora, pissa or fila")
+    weights = {}
+    for name, m in lora_layers(model).items():
+        if method == "lora":
+            continue
+        W = m.original_weight()
+        if method == "pissa":
+            B, A = weighted_lowrank(W, torch.ones(W.shape[0], device=W.device), m.rank, m.scaling, eps=0.0,
+                                    randomized=randomized)
+        else:
+            if fisher_forget is None or name not in fisher_forget or name not in fisher_retain:
+                raise ValueError(f"FILA needs the forget and retain Fisher of {name}")
+            w = row_importance(fisher_forget[name], fisher_retain[name])
+            if not (w > 0).any():
+                raise ValueError(f"the forget Fisher of {name} is zero: no gradient reached this layer")
+            weights[name] = w
+            B, A = weighted_lowrank(W, w, m.rank, m.scaling, randomized=randomized)
+        m.init_residual(B.to(W.dtype), A.to(W.dtype))
+    return weights

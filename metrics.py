@@ -1,0 +1,112 @@
+"""What a model remembers, measured (METHOD §5): MA, EL_n, TOFU-style QA metrics, forget quality.
+
+- MA, memorisation accuracy: share of positions where the teacher-forced argmax is the next token.
+- EL_n, extraction likelihood: from every prefix, generate greedily as many tokens as the true
+  suffix has; the share of the suffix's n-grams that the generation reproduces; mean over prefixes.
+- QA: answer probability exp(-mean answer NLL), greedy exact match, truth ratio
+  R = mean_wrong P(a_wrong)^(1/|a|) / P(a_true)^(1/|a|).
+- forget quality: p-value of the two-sample Kolmogorov-Smirnov test between the truth ratios of a
+  model and of the oracle (retrained without the forget set); model utility: harmonic mean.
+Answers end in <|endoftext|>, which counts as an answer token: a model must also know to stop.
+"""
+import numpy as np
+import torch
+
+import data
+from model import token_nll
+
+
+@torch.no_grad()
+def _score(model, examples, batch_size, device):
+    """Per example: (mean target NLL, all targets are the argmax, share of targets that are)."""
+    out = []
+    for chunk in data.batches(examples, batch_size):
+        x, y = data.collate(chunk, device)
+        logits = model(x)
+        nll, mask = token_nll(logits, y)
+        hit = (logits.argmax(-1) == y) & mask
+        n = mask.sum(1)
+        out += zip((nll.sum(1) / n).tolist(), (hit.sum(1) == n).tolist(), (hit.sum(1) / n).tolist())
+    return out
+
+
+def memorization_accuracy(model, enc, texts, batch_size=64, device="cpu"):
+    """MA per text (teacher-forced greedy accuracy over its tokens)."""
+    return [s[2] for s in _score(model, [data.encode_text(enc, t) for t in texts], batch_size, device)]
+
+
+def qa_metrics(model, enc, qa, batch_size=128, device="cpu"):
+    """Mean answer probability, exact-match accuracy and truth ratio over QA items, plus the
+    per-item truth ratios (for the KS test)."""
+    k = 1 + len(qa[0].perturbed)
+    examples = [data.encode_qa(enc, q.question, a) for q in qa for a in [q.answer] + q.perturbed]
+    scores = _score(model, examples, batch_size, device)
+    prob = np.exp(-np.array([s[0] for s in scores])).reshape(len(qa), k)  # P(a)^(1/|a|)
+    exact = np.array([s[1] for s in scores]).reshape(len(qa), k)[:, 0]
+    ratios = prob[:, 1:].mean(1) / prob[:, 0]
+    return dict(prob=float(prob[:, 0].mean()), acc=float(exact.mean()),
+                truth_ratio=float(ratios.mean())), ratios
+
+
+@torch.no_grad()
+def extraction_likelihood(model, enc, texts, n=3, device="cpu"):
+    """EL_n per text. Prefixes of equal length from all texts are generated together, with the
+    model's key/value cache, so the cost is one token-forward per generated token."""
+    seqs = [data.encode_text(enc, t)[0] for t in texts]
+    scores = [[] for _ in seqs]
+    for t in range(1, max(map(len, seqs)) - n + 1):  # prefix length t; the suffix must hold an n-gram
+        rows = [i for i, s in enumerate(seqs) if len(s) - t >= n]
+        if not rows:
+            continue
+        prefix = torch.tensor([seqs[i][:t] for i in rows], device=device)
+        longest = max(len(seqs[i]) - t for i in rows)
+        gen = model.generate(prefix, longest, temperature=0)[:, t:].tolist()
+        for r, i in enumerate(rows):
+            suffix = seqs[i][t:]
+            scores[i].append(ngram_overlap(gen[r][:len(suffix)], suffix, n))
+    return [sum(s) / len(s) if s else 0.0 for s in scores]
+
+
+def ngram_overlap(generated, truth, n):
+    """Share of the true suffix's n-grams that also occur among the generated n-grams (as sets:
+    a repeated n-gram is counted once on each side)."""
+    grams = lambda s: {tuple(s[i:i + n]) for i in range(len(s) - n + 1)}
+    true = grams(truth)
+    return len(grams(generated) & true) / len(true)
+
+
+def ks_2samp_pvalue(a, b):
+    """Two-sided two-sample Kolmogorov-Smirnov test, exact p-value (scipy's default for small
+    samples, which TOFU's forget quality uses). Under the null every interleaving of the sorted
+    samples is equally likely: a lattice path from (0, 0) to (n, m). The p-value is the probability
+    that a random path leaves the band |i/n - j/m| < D. Summing the mass that leaves (rather than
+    1 - the mass that stays) keeps tiny p-values exact. O(n m) time; no scipy needed."""
+    a, b = np.sort(np.asarray(a, float)), np.sort(np.asarray(b, float))
+    n, m = len(a), len(b)
+    both = np.concatenate([a, b])
+    i, j = np.searchsorted(a, both, side="right"), np.searchsorted(b, both, side="right")
+    d = int(np.abs(i * m - j * n).max())  # the statistic D, times n m: an integer, compared exactly
+    if d == 0:
+        return 1.0
+    row, out = np.zeros(m + 1), 0.0  # row[j] = P(path reaches (i, j) without leaving the band)
+    for i in range(n + 1):
+        new = np.zeros(m + 1)
+        for j in range(m + 1):
+            if i == j == 0:
+                new[0] = 1.0
+                continue
+            mass = (row[j] * (n - i + 1) / (n - i + 1 + m - j) if i else 0.0) + \
+                   (new[j - 1] * (m - j + 1) / (n - i + m - j + 1) if j else 0.0)
+            if abs(i * m - j * n) < d:
+                new[j] = mass
+            else:
+                out += mass
+        row = new
+    return min(1.0, out)
+
+
+def model_utility(qa_results):
+    """Harmonic mean of answer probability, accuracy and max(0, 1 - truth ratio) over the
+    retain-side QA results given (e.g. retain and general)."""
+    vals = [v for r in qa_results for v in (r["prob"], r["acc"], max(0.0, 1 - r["truth_ratio"]))]
+    return 0.0 if min(vals) <= 0 else len(vals) / sum(1 / v for v in vals)

@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+import data
+import train
+from model import GPTConfig
+
+TINY = train.TrainConfig(n_people=10, forget_frac=0.2, epochs=60, batch_size=8, lr=3e-3, warmup_steps=10,
+                         model=GPTConfig(n_layer=1, n_embd=64, n_head=4, block_size=64))
+
+
+@pytest.fixture(scope="module")
+def tiny_run():
+    enc = data.get_tokenizer()
+    corpus = data.make_corpus(seed=0, n_people=10, forget_frac=0.2)
+    people = data.split_examples(enc, corpus.forget) + data.split_examples(enc, corpus.retain)
+    return enc, corpus, train.train_model(people, TINY)
+
+
+def test_a_tiny_model_learns_the_facts_it_saw_and_not_the_others(tiny_run):
+    enc, corpus, model = tiny_run
+    r = train.evaluate(model, corpus, enc)
+    for split in ("forget", "retain"):
+        assert r[split]["qa_acc"] >= 0.9 and r[split]["ma"] >= 0.9, (split, r[split])
+    assert r["holdout"]["qa_acc"] <= 0.2  # never trained on: guessing
+
+
+def test_oracle_never_sees_the_forget_split():
+    enc = data.get_tokenizer()
+    c = data.make_corpus(n_people=20)
+    oracle = {tuple(t) for t, _ in train.training_examples(c, enc, "oracle")}
+    base = {tuple(t) for t, _ in train.training_examples(c, enc, "base")}
+    forget = {tuple(t) for t, _ in data.split_examples(enc, c.forget)}
+    assert forget <= base and not forget & oracle and oracle <= base
+
+
+def test_checkpoint_round_trip_and_clear_errors(tiny_run, tmp_path):
+    enc, corpus, model = tiny_run
+    path = tmp_path / "base.pt"
+    train.save_checkpoint(str(path), model, TINY, "base", {"note": 1})
+    loaded, ckpt = train.load_checkpoint(str(path))
+    x = torch.randint(0, 100, (2, 9))
+    assert torch.equal(loaded(x), model(x))
+    assert ckpt["corpus"] == dict(seed=0, n_people=10, forget_frac=0.2) and ckpt["which"] == "base"
+    assert not list(tmp_path.glob("*.tmp*"))  # the atomic write left no temporary file
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        train.load_checkpoint(str(tmp_path / "nope.pt"))
+    (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="unreadable"):
+        train.load_checkpoint(str(tmp_path / "cut.pt"))
+    ckpt["tokenizer_sha256"] = "0" * 64
+    torch.save(ckpt, tmp_path / "other_vocab.pt")
+    with pytest.raises(ValueError, match="another version"):
+        train.load_checkpoint(str(tmp_path / "other_vocab.pt"))
