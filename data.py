@@ -147,6 +147,14 @@ def make_corpus(seed=0, n_people=200, forget_frac=0.1, n_holdout=None, qa_per_pe
     return Corpus(seed, general=general, **splits)
 
 
+def people_subset(split, k):
+    """The first k people of a split with their questions (all of them if k <= 0)."""
+    if k <= 0 or k >= len(split.names):
+        return split
+    names = split.names[:k]
+    return Split(names, split.texts[:k], [q for q in split.qa if q.question.startswith(tuple(n + " " for n in names))])
+
+
 # ----------------------------------------------------------------------------- the tokenizer
 def train_bpe(text, vocab_size):
     """Byte-level BPE (the GPT-2 recipe): start from the 256 bytes, repeatedly merge the most

@@ -49,21 +49,25 @@ def qa_metrics(model, enc, qa, batch_size=128, device="cpu"):
 
 
 @torch.no_grad()
-def extraction_likelihood(model, enc, texts, n=3, device="cpu"):
-    """EL_n per text. Prefixes of equal length from all texts are generated together, with the
-    model's key/value cache, so the cost is one token-forward per generated token."""
+def extraction_likelihood(model, enc, texts, n=4, device="cpu", chunk=128):
+    """EL_n per text. Every prefix of a text ends, after its greedy continuation, at the text's own
+    length, so all prefixes ("rows") run in lockstep over positions p = 0, 1, ...: at p + 1 a row is
+    fed the true token while still inside its prefix, else its own greedy prediction. With the
+    key/value cache that is one single-token forward per position, for all rows at once."""
     seqs = [data.encode_text(enc, t)[0] for t in texts]
+    rows = [(i, t) for i, s in enumerate(seqs) for t in range(1, len(s) - n + 1)]  # suffix >= n tokens
     scores = [[] for _ in seqs]
-    for t in range(1, max(map(len, seqs)) - n + 1):  # prefix length t; the suffix must hold an n-gram
-        rows = [i for i, s in enumerate(seqs) if len(s) - t >= n]
-        if not rows:
-            continue
-        prefix = torch.tensor([seqs[i][:t] for i in rows], device=device)
-        longest = max(len(seqs[i]) - t for i in rows)
-        gen = model.generate(prefix, longest, temperature=0)[:, t:].tolist()
-        for r, i in enumerate(rows):
-            suffix = seqs[i][t:]
-            scores[i].append(ngram_overlap(gen[r][:len(suffix)], suffix, n))
+    for c in range(0, len(rows), chunk):
+        part = rows[c:c + chunk]
+        L = max(len(seqs[i]) for i, _ in part)
+        true = torch.tensor([seqs[i] + [0] * (L - len(seqs[i])) for i, _ in part], device=device)  # (R, L)
+        prefix = torch.tensor([t for _, t in part], device=device)                               # (R,)
+        gen, cache = true.clone(), [dict() for _ in model.transformer.h]
+        for p in range(L - 1):
+            nxt = model(gen[:, p:p + 1], cache)[:, -1].argmax(-1)  # (R,)
+            gen[:, p + 1] = torch.where(p + 1 < prefix, true[:, p + 1], nxt)
+        for (i, t), g in zip(part, gen.tolist()):
+            scores[i].append(ngram_overlap(g[t:len(seqs[i])], seqs[i][t:], n))
     return [sum(s) / len(s) if s else 0.0 for s in scores]
 
 
@@ -105,8 +109,22 @@ def ks_2samp_pvalue(a, b):
     return min(1.0, out)
 
 
+def split_report(model, enc, split, el_n=None, device="cpu"):
+    """Everything about one split: QA (prob, acc, truth_ratio), mean MA over its texts, and mean
+    EL_n when el_n is given (it is the costly one). Returns (report, per-question truth ratios)."""
+    was_training = model.training
+    model.eval()
+    qa, ratios = qa_metrics(model, enc, split.qa, device=device)
+    ma = memorization_accuracy(model, enc, split.texts, device=device)
+    report = dict(qa_acc=qa["acc"], qa_prob=qa["prob"], truth_ratio=qa["truth_ratio"], ma=float(np.mean(ma)))
+    if el_n:
+        report[f"el{el_n}"] = float(np.mean(extraction_likelihood(model, enc, split.texts, el_n, device)))
+    model.train(was_training)
+    return report, ratios
+
+
 def model_utility(qa_results):
     """Harmonic mean of answer probability, accuracy and max(0, 1 - truth ratio) over the
     retain-side QA results given (e.g. retain and general)."""
-    vals = [v for r in qa_results for v in (r["prob"], r["acc"], max(0.0, 1 - r["truth_ratio"]))]
+    vals = [v for r in qa_results for v in (r["qa_prob"], r["qa_acc"], max(0.0, 1 - r["truth_ratio"]))]
     return 0.0 if min(vals) <= 0 else len(vals) / sum(1 / v for v in vals)

@@ -74,14 +74,9 @@ def train_model(examples, cfg: TrainConfig, device="cpu", log=print):
 
 
 def evaluate(model, corpus, enc, device="cpu"):
-    """QA accuracy / probability and MA on every split: what the model knows."""
-    out = {}
-    for name in ("forget", "retain", "holdout", "general"):
-        split = getattr(corpus, name)
-        qa, _ = metrics.qa_metrics(model, enc, split.qa, device=device)
-        ma = metrics.memorization_accuracy(model, enc, split.texts, device=device)
-        out[name] = dict(qa_acc=qa["acc"], qa_prob=qa["prob"], ma=sum(ma) / len(ma))
-    return out
+    """QA accuracy / probability / truth ratio and MA on every split: what the model knows."""
+    return {name: metrics.split_report(model, enc, getattr(corpus, name), device=device)[0]
+            for name in ("forget", "retain", "holdout", "general")}
 
 
 def tokenizer_sha256():

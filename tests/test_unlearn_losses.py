@@ -1,0 +1,127 @@
+import math
+
+import pytest
+import torch
+
+import metrics
+from model import IGNORE
+from unlearn import ga_loss, ihl_loss, npo_loss
+
+
+def test_ihl_hand_computed():
+    logits = torch.log(torch.tensor([[[0.6, 0.3, 0.1], [0.2, 0.5, 0.3]]]))  # probabilities as logits
+    targets = torch.tensor([[0, 2]])
+    # token 1: 1 + 0.6 - 0.3 = 1.3 ; token 2: 1 + 0.3 - 0.5 = 0.8
+    assert math.isclose(ihl_loss(logits, targets).item(), (1.3 + 0.8) / 2, rel_tol=1e-6)
+
+
+def test_ihl_range_and_ignore_index():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 7, 11) * 5
+    targets = torch.randint(0, 11, (4, 7))
+    targets[:, :3] = IGNORE
+    for i in range(4):
+        for t in range(3, 7):
+            v = ihl_loss(logits[i:i + 1, t:t + 1], targets[i:i + 1, t:t + 1]).item()
+            assert 0.0 <= v <= 2.0
+    changed = logits.clone()
+    changed[:, :3] = torch.randn(4, 3, 11) * 100  # ignored positions
+    assert ihl_loss(changed, targets).item() == ihl_loss(logits, targets).item()
+    assert ga_loss(changed, targets).item() == ga_loss(logits, targets).item()
+
+
+def test_ihl_step_lowers_the_true_token_and_lifts_the_runner_up():
+    logits = torch.tensor([[[3.0, 2.0, 0.5, -1.0]]], requires_grad=True)
+    y = torch.tensor([[0]])
+    p0 = logits.softmax(-1).detach()
+    ihl_loss(logits, y).backward()
+    with torch.no_grad():
+        p1 = (logits - 0.5 * logits.grad).softmax(-1)
+    assert p1[0, 0, 0] < p0[0, 0, 0]  # the true token falls
+    assert p1[0, 0, 1] > p0[0, 0, 1]  # the runner-up rises
+    assert (p1[0, 0, 1] - p0[0, 0, 1]) > (p1[0, 0, 2] - p0[0, 0, 2])  # more than any other token
+
+
+def test_ga_is_unbounded_but_ihl_is_not():
+    logits = torch.zeros(1, 1, 5, requires_grad=True)
+    y = torch.tensor([[2]])
+    opt = torch.optim.SGD([logits], lr=10.0)
+    values = []
+    for _ in range(200):
+        opt.zero_grad()
+        loss = ga_loss(logits, y)
+        loss.backward()
+        opt.step()
+        values.append(loss.item())
+    assert values[-1] < -20 and values[-1] < values[-50]  # still falling: no floor
+    logits = torch.zeros(1, 1, 5, requires_grad=True)
+    opt = torch.optim.SGD([logits], lr=10.0)
+    for _ in range(200):
+        opt.zero_grad()
+        loss = ihl_loss(logits, y)
+        loss.backward()
+        opt.step()
+    assert loss.item() >= 0.0  # bounded below by 0; once the true token is beaten the push fades
+    assert logits.softmax(-1)[0, 0, 2] < logits.softmax(-1)[0, 0].max()
+
+
+def test_npo_hand_computed():
+    logits = torch.randn(2, 3, 6)
+    y = torch.randint(0, 6, (2, 3))
+    # π_θ = π_ref: (2/β) log 2
+    assert math.isclose(npo_loss(logits, y, logits.clone(), beta=0.1).item(), 20 * math.log(2), rel_tol=1e-6)
+    # lower likelihood than the reference -> smaller loss
+    assert npo_loss(logits - 5 * torch.nn.functional.one_hot(y, 6), y, logits).item() < 20 * math.log(2)
+
+
+# ----------------------------------------------------------------------------- metrics on hand-made cases
+class Counting(torch.nn.Module):
+    """A fake language model that always predicts token + 1 (mod 10)."""
+    transformer = type("T", (), {"h": []})()
+
+    def forward(self, idx, cache=None):
+        return torch.nn.functional.one_hot((idx + 1) % 10, 10).float()
+
+    def generate(self, idx, n, temperature=0):
+        for _ in range(n):
+            idx = torch.cat([idx, (idx[:, -1:] + 1) % 10], 1)
+        return idx
+
+
+class Digits:
+    """A fake tokenizer: "1 2 3" -> [1, 2, 3]; <|endoftext|> is 9."""
+    eot_token = 9
+
+    def encode_ordinary(self, text):
+        return [int(c) for c in text.split()]
+
+
+def test_memorization_accuracy_by_hand():
+    # tokens 1 2 3 5 <eot>: predictions 2 3 4 6 -> right, right, wrong, wrong
+    assert metrics.memorization_accuracy(Counting(), Digits(), ["1 2 3 5"]) == [0.5]
+
+
+def test_extraction_likelihood_by_hand():
+    # tokens 1 2 3 7 8 <eot=9>, n = 2. Prefix 1 -> 2 3 4 5 6: 1 of the suffix's 4 bigrams;
+    # prefix 1 2 -> 0/3; prefix 1 2 3 -> 0/2; prefix 1 2 3 7 -> 8 9: 1/1. Mean = 1.25 / 4.
+    assert metrics.extraction_likelihood(Counting(), Digits(), ["1 2 3 7 8"], n=2) == [pytest.approx(0.3125)]
+    assert metrics.ngram_overlap([1, 2, 3], [1, 2, 3], 2) == 1.0
+
+
+def test_ks_pvalues_match_known_values():
+    # fully separated samples of 3 and 3: D = 1, p = 2 / C(6, 3) = 0.1 (by hand)
+    assert metrics.ks_2samp_pvalue([1, 2, 3], [4, 5, 6]) == pytest.approx(0.1)
+    assert metrics.ks_2samp_pvalue([1, 2, 3], [1, 2, 3]) == 1.0
+    # values from scipy.stats.ks_2samp (scipy 1.16, method="exact")
+    assert metrics.ks_2samp_pvalue([1, 2, 3, 4], [2.5, 5, 6]) == pytest.approx(0.39999999999999997, rel=1e-9)
+    rng = __import__("numpy").random.default_rng(0)
+    a, b = rng.normal(size=20), rng.normal(0.5, 1, size=15)
+    assert metrics.ks_2samp_pvalue(a, b) == pytest.approx(0.10191783128372234, rel=1e-9)
+    a, b = rng.normal(size=137), rng.normal(1.0, 1, size=137)
+    assert metrics.ks_2samp_pvalue(a, b) == pytest.approx(8.128110320249485e-06, rel=1e-9)
+
+
+def test_model_utility_is_a_harmonic_mean():
+    r = dict(qa_prob=0.5, qa_acc=1.0, truth_ratio=0.75)  # 1 - R = 0.25
+    assert metrics.model_utility([r]) == pytest.approx(3 / (2 + 1 + 4))
+    assert metrics.model_utility([r, dict(qa_prob=0.5, qa_acc=0.0, truth_ratio=0.1)]) == 0.0
