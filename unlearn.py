@@ -101,10 +101,10 @@ def resolve(cfg):
 def load_models(cfg, log):
     """The starting model and the oracle, trained first if they are not there yet."""
     paths = {w: os.path.join(cfg.base_dir, f"{w}.pt") for w in ("base", "oracle")}
-    for which, path in paths.items():
-        if not os.path.exists(path):
-            log(f"{path} is missing: training it now (first use only; ~30 s each on a 2-core CPU)")
-            train.build(which, cfg.base_dir, device=cfg.device, log=log)
+    if missing := [w for w, p in paths.items() if not os.path.exists(p)]:
+        log(f"first use: training {' and '.join(missing)} into {cfg.base_dir}/ (about 35 s each on a 2-core CPU)")
+    for which in missing:
+        train.build(which, cfg.base_dir, device=cfg.device, log=log)
     base, ckpt = train.load_checkpoint(paths["base"], cfg.device)
     oracle, _ = train.load_checkpoint(paths["oracle"], cfg.device)
     return base, oracle, ckpt

@@ -1,0 +1,74 @@
+"""Benchmarks behind the figures in the README. Each prints a small table; nothing is asserted.
+
+    python bench.py fisher    # Fisher pass vs a forward+backward epoch; FILA / PiSSA init time
+"""
+import argparse
+import time
+
+import torch
+
+import data
+import fisher
+import lora
+from model import GPT, GPTConfig, lm_loss
+
+GPT2_SMALL = GPTConfig(block_size=1024, vocab_size=50257, n_layer=12, n_head=12, n_embd=768)
+
+
+def timed(fn, repeat=1):
+    """Best wall time of `repeat` calls, in seconds."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def random_batches(cfg, n_batches, B, T, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [[(torch.randint(0, cfg.vocab_size, (T,), generator=g).tolist(), [True] * T) for _ in range(B)]
+            for _ in range(n_batches)]
+
+
+def fwd_bwd_epoch(model, batches):
+    for batch in batches:
+        x, y = data.collate(batch)
+        lm_loss(model(x), y).backward()
+
+
+def bench_fisher(args):
+    """The Fisher pass is one forward and one backward per batch plus squaring the gradients of the
+    adapted weights: it should cost about one forward+backward epoch over the same batches."""
+    torch.manual_seed(0)
+    enc = data.get_tokenizer()
+    corpus = data.make_corpus()
+    examples = data.split_examples(enc, corpus.forget) + data.split_examples(enc, corpus.retain)
+    shapes = [("built-in default (1 x 256)", GPTConfig(), list(data.batches(examples, 4))),
+              ("GPT-2 small shape (12 x 768)", GPT2_SMALL, random_batches(GPT2_SMALL, args.gpt2_batches, 4, 128))]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rank {args.rank}, batches of 4")
+    print(f"{'model':30s}{'batches':>8s}{'fwd+bwd epoch':>15s}{'Fisher pass':>13s}{'ratio':>7s}"
+          f"{'FILA exact':>12s}{'FILA rand.':>12s}{'PiSSA exact':>13s}")
+    for name, cfg, batches in shapes:
+        model = GPT(cfg)
+        lora.add_lora(model, args.rank, 2 * args.rank)
+        model.requires_grad_(True)  # the epoch baseline computes every gradient, as training would
+        t_epoch = timed(lambda: fwd_bwd_epoch(model, batches))
+        model.requires_grad_(False)  # the Fisher pass takes gradients of the adapted weights only
+        F = {}
+        t_fisher = timed(lambda: F.update(fisher.fisher_diagonal(model, batches)))
+        Fr = {k: v * 0.5 + 1e-9 for k, v in F.items()}  # a stand-in retain Fisher: timing only
+        t_fila = timed(lambda: fisher.init_adapters(model, "fila", F, Fr))
+        t_rand = timed(lambda: fisher.init_adapters(model, "fila", F, Fr, randomized=True))
+        t_pissa = timed(lambda: fisher.init_adapters(model, "pissa"))
+        print(f"{name:30s}{len(batches):8d}{t_epoch:14.2f}s{t_fisher:12.2f}s{t_fisher / t_epoch:7.2f}"
+              f"{t_fila:11.2f}s{t_rand:11.2f}s{t_pissa:12.2f}s")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("what", choices=["fisher"], help="which benchmark")
+    p.add_argument("--rank", type=int, default=4, help="LoRA rank")
+    p.add_argument("--gpt2_batches", type=int, default=8, help="batches (of 4 x 128 tokens) at GPT-2 shape")
+    args = p.parse_args()
+    {"fisher": bench_fisher}[args.what](args)
