@@ -1,8 +1,18 @@
-"""Benchmarks behind the figures in the README. Each prints a small table; nothing is asserted.
+"""Benchmarks and checks behind the figures in the README. Each prints what it measured.
 
-    python bench.py fisher    # Fisher pass vs a forward+backward epoch; FILA / PiSSA init time
+    python bench.py fisher         # Fisher pass vs a forward+backward epoch; FILA / PiSSA init time
+    python bench.py faults --n 20  # SIGKILL unlearn.py at random moments; are all files whole? resume?
 """
 import argparse
+import glob
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 
 import torch
@@ -65,10 +75,66 @@ def bench_fisher(args):
               f"{t_fila:11.2f}s{t_rand:11.2f}s{t_pissa:12.2f}s")
 
 
+def file_is_whole(path):
+    """Complete and loadable: JSON parses, torch files load, a PNG ends with its IEND chunk."""
+    try:
+        if path.endswith(".json"):
+            json.load(open(path))
+        elif path.endswith(".pt"):
+            torch.load(path, weights_only=True)
+        elif path.endswith(".png"):
+            blob = open(path, "rb").read()
+            return blob.startswith(b"\x89PNG") and blob.endswith(b"IEND\xaeB`\x82")
+        return True
+    except Exception:
+        return False
+
+
+def bench_faults(args):
+    """Kill `python unlearn.py` with SIGKILL at a random moment, n times. After each kill every file
+    in the run folder must be whole; if state.pt exists, --resume must finish the run with the same
+    metrics.json as an uninterrupted run."""
+    cmd = [sys.executable, "unlearn.py", "--epochs", str(args.epochs), "--no_stop"]
+    work = tempfile.mkdtemp()
+    ref = os.path.join(work, "reference")
+    t0 = time.time()
+    subprocess.run(cmd + ["--out", ref], check=True, capture_output=True)  # builds out/base.pt if missing
+    duration = time.time() - t0
+    def outcome(folder):  # what must match the uninterrupted run: metrics (but the folder name), adapter
+        m = json.load(open(os.path.join(folder, "metrics.json")))
+        m["config"].pop("out")
+        return m, open(os.path.join(folder, "adapter.pt"), "rb").read()
+    want = outcome(ref)
+    rng = random.Random(args.seed)
+    counts = dict(kills=0, files_checked=0, broken_files=0, leftover_tmp=0, resumed=0, resumed_identical=0)
+    for i in range(args.n):
+        out = os.path.join(work, f"run{i}")
+        proc = subprocess.Popen(cmd + ["--out", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.2, duration))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        counts["kills"] += 1
+        for path in glob.glob(os.path.join(out, "*")):
+            if ".tmp" in os.path.basename(path):
+                counts["leftover_tmp"] += 1  # an unfinished temporary file, never under a real name
+                continue
+            counts["files_checked"] += 1
+            counts["broken_files"] += not file_is_whole(path)
+        if os.path.exists(os.path.join(out, "state.pt")):
+            subprocess.run([sys.executable, "unlearn.py", "--resume", out], check=True, capture_output=True)
+            counts["resumed"] += 1
+            counts["resumed_identical"] += outcome(out) == want
+    shutil.rmtree(work)
+    print(f"run length {duration:.0f}s; " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["fisher"], help="which benchmark")
+    p.add_argument("what", choices=["fisher", "faults"], help="which benchmark")
     p.add_argument("--rank", type=int, default=4, help="LoRA rank")
     p.add_argument("--gpt2_batches", type=int, default=8, help="batches (of 4 x 128 tokens) at GPT-2 shape")
+    p.add_argument("--n", type=int, default=20, help="faults: how many runs to kill")
+    p.add_argument("--epochs", type=int, default=3, help="faults: epochs of each unlearning run")
+    p.add_argument("--seed", type=int, default=0, help="faults: when to kill")
     args = p.parse_args()
-    {"fisher": bench_fisher}[args.what](args)
+    {"fisher": bench_fisher, "faults": bench_faults}[args.what](args)

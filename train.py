@@ -102,11 +102,11 @@ def load_checkpoint(path, device="cpu"):
         model = GPT(GPTConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
     except Exception as e:
-        raise ValueError(f"checkpoint {path} is unreadable or not one of ours "
-                         f"({type(e).__name__}); delete it and run python train.py again") from None
+        raise ValueError(f"checkpoint {path} is unreadable or not one of ours ({type(e).__name__}); "
+                         f"delete it and run python train.py --out {os.path.dirname(path) or '.'}") from None
     if ckpt.get("tokenizer") == "fictitious" and ckpt.get("tokenizer_sha256") != tokenizer_sha256():
         raise ValueError(f"checkpoint {path} was trained with another version of {data.VOCAB_FILE}; "
-                         f"delete it and run python train.py again")
+                         f"delete it and run python train.py --out {os.path.dirname(path) or '.'}")
     return model.to(device).eval(), ckpt
 
 

@@ -9,13 +9,14 @@ split; stop once forget MA and EL_n are both below what the starting model score
 saw (the holdout split), the stopping rule of METHOD §5. Results go to out/<run>/.
 """
 import argparse
+import contextlib
 import copy
-import io
 import json
-import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -26,6 +27,7 @@ import data
 import fisher
 import lora
 import metrics
+import report
 import train
 from model import IGNORE, lm_loss, token_nll
 
@@ -82,8 +84,9 @@ class UnlearnConfig:
 
 def resolve(cfg):
     cfg = copy.copy(cfg)
-    if cfg.loss not in LOSSES or cfg.adapter not in ADAPTERS:
-        raise ValueError(f"--loss must be one of {LOSSES} and --adapter one of {ADAPTERS}")
+    for flag, allowed in (("loss", LOSSES), ("adapter", ADAPTERS)):
+        if getattr(cfg, flag) not in allowed:
+            raise ValueError(f"--{flag} {getattr(cfg, flag)!r} is not one of {', '.join(allowed)}")
     for flag in ("rank", "lr", "epochs", "batch_size", "el_n"):
         if getattr(cfg, flag) <= 0:
             raise ValueError(f"--{flag} must be > 0, got {getattr(cfg, flag)}")
@@ -110,12 +113,19 @@ def load_models(cfg, log):
     return base, oracle, ckpt
 
 
-def add_adapters(model, cfg, forget, retain, log):
-    """Full fine-tuning, or LoRA on every block's linear layers with the chosen initialisation."""
+def add_adapters(model, cfg, forget, retain, log, init=True):
+    """Full fine-tuning, or LoRA on every block's linear layers with the chosen initialisation
+    (init=False: bare adapters, for --resume to load saved ones into)."""
     if cfg.adapter == "full":
         return model.requires_grad_(True), {}
+    smallest = min(min(m.weight.shape) for name, m in model.named_modules() if name.endswith(
+        tuple(lora.TARGETS.values())))
+    if cfg.rank > smallest:
+        raise ValueError(f"--rank {cfg.rank} exceeds the smallest adapted layer dimension; use --rank <= {smallest}")
     lora.add_lora(model, cfg.rank, cfg.alpha)
     weights = {}
+    if not init:
+        return model, weights
     if cfg.adapter == "fila":  # Fisher on forget and on retain, batches of 4 as the authors (METHOD §3)
         t0 = time.time()
         f_forget = fisher.fisher_diagonal(model, data.batches(forget, 4), cfg.device)
@@ -144,7 +154,57 @@ def greedy_answer(model, enc, question, device):
     return enc.decode(out[:out.index(enc.eot_token)] if enc.eot_token in out else out).strip()
 
 
-def run(cfg: UnlearnConfig, log=print):
+def forget_loss(model, ref, x, y, cfg):
+    """The unlearning term on a forget batch (METHOD §1)."""
+    logits = model(x)
+    if cfg.loss in ("ga", "gd"):
+        return ga_loss(logits, y)
+    if cfg.loss == "ihl":
+        return ihl_loss(logits, y)
+    with torch.no_grad():
+        ref_logits = ref(x)
+    return npo_loss(logits, y, ref_logits, cfg.npo_beta)
+
+
+def train_step(model, ref, opt, params, forget_batch, retain_batch, cfg):
+    """One update: the unlearning term on the forget batch + λ·NLL on a paired retain batch.
+    Returns (loss, None), or (loss, 'loss' | 'gradient') without updating if that is not finite."""
+    x, y = data.collate(forget_batch, cfg.device)
+    loss = forget_loss(model, ref, x, y, cfg)
+    if cfg.retain_weight:
+        xr, yr = data.collate(retain_batch, cfg.device)
+        loss = loss + cfg.retain_weight * lm_loss(model(xr), yr)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+    if not torch.isfinite(loss) or not torch.isfinite(grad_norm):  # GA can get here: never apply it
+        return loss.item(), "loss" if not torch.isfinite(loss) else "gradient"
+    opt.step()
+    return loss.item(), None
+
+
+@contextlib.contextmanager
+def ctrl_c_finishes_the_step(log):
+    """Within: Ctrl-C sets a flag that the loop checks after each step; a second one stops at once."""
+    flag = []
+
+    def handler(signum, frame):
+        if flag:
+            raise KeyboardInterrupt
+        flag.append(True)
+        log("Ctrl-C: finishing this step, then saving the run (Ctrl-C again to abort)")
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield flag
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run(cfg: UnlearnConfig, log=print, resume=None):
+    """Unlearn; returns (model, results). `resume`: a state saved in a run folder's state.pt."""
     cfg = resolve(cfg)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -160,129 +220,97 @@ def run(cfg: UnlearnConfig, log=print):
     retain = data.split_examples(enc, corpus.retain) + data.split_examples(enc, corpus.general)
     ref = copy.deepcopy(model).requires_grad_(False) if cfg.loss == "npo" else None
 
-    # The starting point: thresholds for the stopping rule, forget quality and generations "before".
-    start, start_ratios = evaluate(model, scored, enc, cfg)
-    holdout = metrics.split_report(model, enc, corpus.holdout, cfg.el_n, cfg.device)[0]
-    thresholds = dict(ma=holdout["ma"], el=holdout[f"el{cfg.el_n}"])
-    oracle_forget, oracle_ratios = metrics.split_report(oracle, enc, corpus.forget, None, cfg.device)
-    questions = [corpus.forget.qa[0].question, corpus.retain.qa[0].question]
-    before = [greedy_answer(model, enc, q, cfg.device) for q in questions]
-
-    model, _ = add_adapters(model, cfg, forget, retain, log)
+    if resume is None:  # the starting point: stopping thresholds, forget quality, answers "before"
+        start, start_ratios = evaluate(model, scored, enc, cfg)
+        holdout = metrics.split_report(model, enc, corpus.holdout, cfg.el_n, cfg.device)[0]
+        oracle_forget, oracle_ratios = metrics.split_report(oracle, enc, corpus.forget, None, cfg.device)
+        questions = [corpus.forget.qa[0].question, corpus.retain.qa[0].question]
+        fixed = dict(thresholds=dict(ma=holdout["ma"], el=holdout[f"el{cfg.el_n}"]), oracle_forget=oracle_forget,
+                     oracle_ratios=oracle_ratios.tolist(), start_ratios=start_ratios.tolist(), questions=questions,
+                     before=[greedy_answer(model, enc, q, cfg.device) for q in questions])
+        model, _ = add_adapters(model, cfg, forget, retain, log)
+        pos = dict(epoch=1, step=0, order=None, next=0, stopped=None, history=[dict(epoch=0, step=0, **start)])
+    else:
+        fixed, pos = resume["fixed"], resume["pos"]
+        model, _ = add_adapters(model, cfg, forget, retain, log, init=False)
+        if cfg.adapter == "full":
+            model.load_state_dict(resume["weights"])
+        else:
+            lora.load_lora_state_dict(model, resume["weights"])
+        rng.setstate(resume["rng"])
+        log(f"resuming at epoch {pos['epoch']}, step {pos['step']}")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    if resume is not None:
+        opt.load_state_dict(resume["optimizer"])
+    thr, el = fixed["thresholds"], f"el{cfg.el_n}"
     log(f"{cfg.loss} + {cfg.adapter}: {sum(p.numel() for p in params):,} trainable parameters; "
-        f"stop when forget MA < {thresholds['ma']:.3f} and EL{cfg.el_n} < {thresholds['el']:.3f} (holdout)")
-    history = [dict(epoch=0, step=0, seconds=time.time() - t_start, loss=None, **start)]
-    steps_per_epoch = math.ceil(len(forget) / cfg.batch_size)
-    step, stopped, t_train = 0, None, time.time()
-    for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        for batch in data.batches(forget, cfg.batch_size, rng):
-            x, y = data.collate(batch, cfg.device)
-            logits = model(x)
-            if cfg.loss in ("ga", "gd"):
-                loss = ga_loss(logits, y)
-            elif cfg.loss == "ihl":
-                loss = ihl_loss(logits, y)
-            else:
-                with torch.no_grad():
-                    ref_logits = ref(x)
-                loss = npo_loss(logits, y, ref_logits, cfg.npo_beta)
-            if cfg.retain_weight:
-                xr, yr = data.collate(rng.sample(retain, len(batch)), cfg.device)
-                loss = loss + cfg.retain_weight * lm_loss(model(xr), yr)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            step += 1
-        report, ratios = evaluate(model, scored, enc, cfg)
-        f = report["forget"]
-        history.append(dict(epoch=epoch, step=step, seconds=time.time() - t_start, loss=loss.item(), **report))
-        eta = (time.time() - t_train) / epoch * (cfg.epochs - epoch)
-        log(f"epoch {epoch:2d} step {step:3d}  loss {loss.item():7.3f}  forget QA {f['qa_acc']:.0%} "
-            f"MA {f['ma']:.3f} EL{cfg.el_n} {f[f'el{cfg.el_n}']:.3f}  retain QA {report['retain']['qa_acc']:.0%}"
-            f"  {time.time() - t_start:.0f}s (at most {eta:.0f}s more)")
-        if f["ma"] < thresholds["ma"] and f[f"el{cfg.el_n}"] < thresholds["el"]:
-            stopped = stopped or epoch  # the first epoch that meets the rule
-            if cfg.stop:
+        f"stop when forget MA < {thr['ma']:.3f} and EL{cfg.el_n} < {thr['el']:.3f} (holdout)")
+
+    def save_state():  # everything needed to continue exactly where we are
+        report.save_state(cfg.out, dict(config=asdict(cfg), fixed=fixed, pos=pos, rng=rng.getstate(),
+                                         weights=report.trainable_state(model, cfg.adapter), optimizer=opt.state_dict()))
+
+    outcome, epoch_seconds, t_train = "finished", [], time.time()
+    os.makedirs(cfg.out, exist_ok=True)
+    with ctrl_c_finishes_the_step(log) as interrupted:
+        while pos["epoch"] <= cfg.epochs and outcome == "finished":
+            if pos["order"] is None:
+                pos["order"], pos["next"] = list(range(len(forget))), 0
+                rng.shuffle(pos["order"])
+            model.train()
+            while pos["next"] < len(forget):
+                batch = [forget[i] for i in pos["order"][pos["next"]:pos["next"] + cfg.batch_size]]
+                loss, bad = train_step(model, ref, opt, params, batch, rng.sample(retain, len(batch)), cfg)
+                if bad:
+                    outcome = f"stopped: non-finite {bad} at step {pos['step'] + 1}; the weights are those of " \
+                              f"step {pos['step']} (that update was not applied)"
+                    break
+                pos["next"] += cfg.batch_size
+                pos["step"] += 1
+                pos["loss"] = loss
+                if interrupted:
+                    outcome = f"interrupted at step {pos['step']}; continue with --resume {cfg.out}"
+                    break
+            if outcome != "finished":
                 break
+            scores, ratios = evaluate(model, scored, enc, cfg)
+            pos["history"].append(dict(epoch=pos["epoch"], step=pos["step"], loss=pos["loss"], **scores))
+            pos["ratios"] = ratios.tolist()
+            epoch_seconds.append(time.time() - t_start)
+            f = scores["forget"]
+            eta = (time.time() - t_train) / len(epoch_seconds) * (cfg.epochs - pos["epoch"])
+            log(f"epoch {pos['epoch']:2d} step {pos['step']:3d}  loss {pos['loss']:7.3f}  forget QA {f['qa_acc']:.0%} "
+                f"MA {f['ma']:.3f} EL{cfg.el_n} {f[el]:.3f}  retain QA {scores['retain']['qa_acc']:.0%}"
+                f"  {time.time() - t_start:.0f}s (at most {eta:.0f}s more)")
+            met = f["ma"] < thr["ma"] and f[el] < thr["el"]
+            pos["stopped"] = pos["stopped"] or (pos["epoch"] if met else None)  # the first epoch that met the rule
+            pos["epoch"], pos["order"] = pos["epoch"] + 1, None
+            save_state()
+            if met and cfg.stop:
+                break
+    if outcome != "finished":
+        log(outcome)
+        save_state()
+        if pos["history"][-1]["step"] != pos["step"]:  # score where we stopped, mid-epoch
+            scores, ratios = evaluate(model, scored, enc, cfg)
+            pos["history"].append(dict(epoch=pos["epoch"] - 1 + pos["next"] / len(forget), step=pos["step"],
+                                       loss=pos.get("loss"), **scores))
+            pos["ratios"] = ratios.tolist()
 
     # Forget quality: KS test between the truth ratios and the oracle's on the forget questions.
-    end = history[-1]
+    start, end = pos["history"][0], pos["history"][-1]
     utility = lambda r: metrics.model_utility([r["retain"], r["general"]])
+    ks = lambda r: metrics.ks_2samp_pvalue(r, fixed["oracle_ratios"])
     results = dict(
-        config=asdict(cfg), thresholds=thresholds, stopped_at_epoch=stopped, steps=step,
-        seconds=time.time() - t_start, trainable_params=sum(p.numel() for p in params),
-        start=dict(forget_quality=metrics.ks_2samp_pvalue(start_ratios, oracle_ratios), model_utility=utility(start)),
-        end=dict(forget_quality=metrics.ks_2samp_pvalue(ratios, oracle_ratios), model_utility=utility(end)),
-        oracle_forget=oracle_forget,
+        config=asdict(cfg), outcome=outcome, thresholds=thr, stopped_at_epoch=pos["stopped"], steps=pos["step"],
+        trainable_params=sum(p.numel() for p in params), oracle_forget=fixed["oracle_forget"],
+        start=dict(forget_quality=ks(fixed["start_ratios"]), model_utility=utility(start)),
+        end=dict(forget_quality=ks(pos.get("ratios", fixed["start_ratios"])), model_utility=utility(end)),
         generations=[dict(question=q, before=b, after=greedy_answer(model, enc, q, cfg.device))
-                     for q, b in zip(questions, before)],
-        history=history)
+                     for q, b in zip(fixed["questions"], fixed["before"])],
+        history=pos["history"], seconds=time.time() - t_start, epoch_seconds=epoch_seconds)
     return model, results
-
-
-# ----------------------------------------------------------------------------- outputs
-def save_run(model, results):
-    """out/<run>/: config.json, metrics.json, the adapter (or the whole model for full fine-tuning)
-    and plot.png, each written atomically. The base checkpoint is only ever read."""
-    cfg = results["config"]
-    out = cfg["out"]
-    dump = lambda obj: json.dumps(obj, indent=1).encode()
-    data.atomic_write(os.path.join(out, "config.json"), dump(dict(cfg, torch=torch.__version__)))
-    data.atomic_write(os.path.join(out, "metrics.json"), dump(results))
-    buf = io.BytesIO()
-    torch.save(model.state_dict() if cfg["adapter"] == "full" else lora.lora_state_dict(model), buf)
-    data.atomic_write(os.path.join(out, "model.pt" if cfg["adapter"] == "full" else "adapter.pt"), buf.getvalue())
-    data.atomic_write(os.path.join(out, "plot.png"), plot(results))
-
-
-def plot(results):
-    """Forget vs retain over the steps: QA accuracy, MA and EL_n with the stopping thresholds. -> PNG bytes"""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    h, n = results["history"], results["config"]["el_n"]
-    steps = [r["step"] for r in h]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, key, title in zip(axes, ("qa_acc", "ma", f"el{n}"), ("QA accuracy", "MA (biographies)", f"EL{n} (biographies)")):
-        for split, style in (("forget", "r-o"), ("retain", "b-o"), ("general", "g-o"), ("holdout", "k:")):
-            if key in h[0][split]:
-                ax.plot(steps, [r[split][key] for r in h], style, ms=3, label=split)
-        thr = {"ma": results["thresholds"]["ma"], f"el{n}": results["thresholds"]["el"]}.get(key)
-        if thr is not None:
-            ax.axhline(thr, color="k", lw=0.8, ls="--", label="stop below (holdout at start)")
-        ax.set(title=title, xlabel="step", ylim=(-0.02, 1.02))
-    axes[0].legend(fontsize=8)
-    axes[1].legend(fontsize=8)
-    c = results["config"]
-    fig.suptitle(f"{c['loss']} + {c['adapter']} (rank {c['rank']}, lr {c['lr']})")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def summary(results):
-    """The before/after table and the generations, as text."""
-    first, last, n = results["history"][0], results["history"][-1], results["config"]["el_n"]
-    rows = [("forget QA accuracy", "forget", "qa_acc"), ("forget MA", "forget", "ma"),
-            (f"forget EL{n}", "forget", f"el{n}"), ("forget truth ratio", "forget", "truth_ratio"),
-            ("retain QA accuracy", "retain", "qa_acc"), ("retain MA", "retain", "ma"),
-            ("holdout QA accuracy", "holdout", "qa_acc"), ("general QA accuracy", "general", "qa_acc")]
-    lines = [f"{'':24s}{'before':>10s}{'after':>10s}"]
-    lines += [f"{label:24s}{first[s][k]:10.3f}{last[s][k]:10.3f}" for label, s, k in rows]
-    for k in ("forget_quality", "model_utility"):
-        lines.append(f"{k.replace('_', ' '):24s}{results['start'][k]:10.3g}{results['end'][k]:10.3g}")
-    stop = results["stopped_at_epoch"]
-    lines.append(f"stopping rule: {'met at epoch ' + str(stop) if stop else 'not met'}; "
-                 f"{results['steps']} steps, {results['seconds']:.0f}s")
-    for g in results["generations"]:
-        lines.append(f"Q: {g['question']}\n   before: {g['before']}\n   after:  {g['after']}")
-    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -305,18 +333,26 @@ def main(argv=None):
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda | mps")
     p.add_argument("--base_dir", default=d.base_dir, help="folder of base.pt and oracle.pt (built if missing)")
     p.add_argument("--out", default=d.out, help="run folder (default out/<loss>-<adapter>-s<seed>)")
+    p.add_argument("--resume", metavar="RUN_FOLDER", help="continue a stopped run (its saved config is used)")
     a = vars(p.parse_args(argv))
     a["stop"] = not a.pop("no_stop")
+    resume_from = a.pop("resume")
     try:
-        cfg = resolve(UnlearnConfig(**a))
+        state = report.load_resume(resume_from) if resume_from else None
+        cfg = resolve(UnlearnConfig(**state["config"]) if state else UnlearnConfig(**a))
+        report.check_writable(cfg.out)
         print(json.dumps(asdict(cfg)))
-        model, results = run(cfg)
-        save_run(model, results)
+        model, results = run(cfg, resume=state)
+        report.save_run(model, results)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"error: {e}")
-    print(summary(results))
-    print(f"saved config.json, metrics.json, {'model' if cfg.adapter == 'full' else 'adapter'}.pt and plot.png "
-          f"in {cfg.out}")
+    print(report.summary(results))
+    print(f"saved to {cfg.out}/: config.json, metrics.json, timing.json, "
+          f"{'model' if cfg.adapter == 'full' else 'adapter'}.pt, state.pt, plot.png")
+    if results["outcome"].startswith("interrupted"):
+        sys.exit(130)
+    if results["outcome"].startswith("stopped"):
+        sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
 import hashlib
 import json
+import os
+import signal
 
 import pytest
+import torch
 
 import data
+import report
 import train
 import unlearn
 from model import GPTConfig
@@ -34,17 +38,19 @@ def test_unlearning_forgets_and_never_touches_the_base(base_dir, tmp_path, loss,
     cfg = unlearn.UnlearnConfig(loss=loss, adapter=adapter, lr=1e-2, epochs=4, batch_size=4, stop=False,
                                 base_dir=str(base_dir), out=str(tmp_path / "run"))
     model, r = unlearn.run(cfg, log=lambda s: None)
-    unlearn.save_run(model, r)
+    report.save_run(model, r)
     h = r["history"]
     assert h[0]["forget"]["qa_acc"] >= 0.9
     assert h[-1]["forget"]["qa_acc"] <= h[0]["forget"]["qa_acc"] - 0.3  # it forgot
     assert sha(base_dir / "base.pt") == before  # the base checkpoint is only read
     files = {p.name for p in (tmp_path / "run").iterdir()}
-    assert files == {"config.json", "metrics.json", "plot.png", "model.pt" if adapter == "full" else "adapter.pt"}
+    assert files == {"config.json", "metrics.json", "timing.json", "state.pt", "plot.png",
+                     "model.pt" if adapter == "full" else "adapter.pt"}
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["history"][-1]["forget"] == h[-1]["forget"] and 0 <= saved["end"]["forget_quality"] <= 1
     assert (tmp_path / "run" / "plot.png").read_bytes()[:4] == b"\x89PNG"
-    assert "forget QA accuracy" in unlearn.summary(r)
+    assert "forget QA accuracy" in report.summary(r)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["versions"]["torch"] == torch.__version__
 
 
 def test_bad_flags_exit_with_one_line(capsys):
@@ -54,3 +60,79 @@ def test_bad_flags_exit_with_one_line(capsys):
         with pytest.raises(SystemExit) as e:
             unlearn.main(argv)
         assert str(e.value).startswith("error:") and flag in str(e.value) and "\n" not in str(e.value)
+
+
+def tiny_cfg(base_dir, out, **kw):
+    kw = dict(dict(loss="ihl", adapter="fila", lr=1e-2, epochs=3, batch_size=4, stop=False), **kw)
+    return unlearn.UnlearnConfig(base_dir=str(base_dir), out=str(out), **kw)
+
+
+def run_and_save(cfg, resume=None, log=lambda s: None):
+    model, r = unlearn.run(cfg, log=log, resume=resume)
+    report.save_run(model, r)
+    return r
+
+
+def test_same_seed_same_bytes(base_dir, tmp_path):
+    """The same command twice: identical metrics, adapter and plot, byte for byte."""
+    names = ("metrics.json", "adapter.pt", "plot.png", "config.json")
+    run_and_save(tiny_cfg(base_dir, tmp_path / "a", seed=7))
+    first = {f: (tmp_path / "a" / f).read_bytes() for f in names}
+    run_and_save(tiny_cfg(base_dir, tmp_path / "a", seed=7))
+    for f in names:
+        assert (tmp_path / "a" / f).read_bytes() == first[f], f
+
+
+def test_ctrl_c_saves_and_resume_continues_exactly(base_dir, tmp_path):
+    run_and_save(tiny_cfg(base_dir, tmp_path / "straight"))
+
+    def press_ctrl_c_after_epoch_1(line):
+        if line.startswith("epoch  1 "):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    r = run_and_save(tiny_cfg(base_dir, tmp_path / "cut"), log=press_ctrl_c_after_epoch_1)
+    assert r["outcome"].startswith("interrupted at step") and r["steps"] < 3 * 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    r = run_and_save(tiny_cfg(base_dir, tmp_path / "cut"), resume=report.load_resume(str(tmp_path / "cut")))
+    assert r["outcome"] == "finished"
+    straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    assert r["history"] == straight["history"] and r["end"] == straight["end"]
+    assert (tmp_path / "cut" / "adapter.pt").read_bytes() == (tmp_path / "straight" / "adapter.pt").read_bytes()
+
+
+def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_weights(base_dir, tmp_path, monkeypatch):
+    calls = []
+    real = unlearn.ihl_loss
+
+    def third_call_is_nan(logits, targets):
+        calls.append(1)
+        out = real(logits, targets)
+        return out * float("nan") if len(calls) == 3 else out
+
+    monkeypatch.setattr(unlearn, "ihl_loss", third_call_is_nan)
+    model, r = unlearn.run(tiny_cfg(base_dir, tmp_path / "nan"), log=lambda s: None)
+    assert r["outcome"].startswith("stopped: non-finite loss at step 3") and r["steps"] == 2
+    state = report.load_resume(str(tmp_path / "nan"))
+    assert all(torch.isfinite(v).all() for v in state["weights"].values())
+    assert all(torch.equal(state["weights"][k], v) for k, v in report.trainable_state(model, "fila").items())
+
+
+def test_unwritable_out_and_bad_rank_and_bad_checkpoint(base_dir, tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(SystemExit, match="cannot write to --out"):
+        unlearn.main(["--base_dir", str(base_dir), "--out", str(tmp_path / "a_file" / "run")])
+    with pytest.raises(SystemExit, match=r"--rank 65 exceeds .* use --rank <= 64"):
+        unlearn.main(["--base_dir", str(base_dir), "--out", str(tmp_path / "r"), "--rank", "65"])
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("base.pt", "oracle.pt"):
+        (broken / name).write_bytes((base_dir / name).read_bytes()[:5000])  # truncated
+    with pytest.raises(SystemExit, match=r"^error: checkpoint .*base\.pt is unreadable"):
+        unlearn.main(["--base_dir", str(broken), "--out", str(tmp_path / "b")])
+    ckpt = torch.load(base_dir / "base.pt", weights_only=True)
+    ckpt["model_config"]["n_embd"] = 32  # another architecture than the weights
+    torch.save(ckpt, broken / "base.pt")
+    with pytest.raises(SystemExit, match="unreadable or not one of ours"):
+        unlearn.main(["--base_dir", str(broken), "--out", str(tmp_path / "b")])
+    with pytest.raises(SystemExit, match="no state.pt"):
+        unlearn.main(["--resume", str(tmp_path / "nothing-here")])

@@ -1,0 +1,129 @@
+"""What an unlearning run leaves behind (out/<run>/) and what it prints.
+
+  config.json   the resolved configuration, the seed and the library versions
+  metrics.json  every epoch's metrics on every split, forget quality, model utility, generations;
+                no wall-clock times, so two runs with the same seed give identical bytes
+  timing.json   the wall-clock times
+  adapter.pt    the LoRA weights only (model.pt, the whole model, for full fine-tuning)
+  state.pt      everything --resume needs: the weights, the optimizer, the random state, the position
+  plot.png      forget vs retain over the steps
+Every file is written to a temporary name and renamed (data.atomic_write): a killed run leaves each
+file either complete or absent, never half-written.
+"""
+import glob
+import io
+import json
+import os
+import platform
+
+import numpy as np
+import tiktoken
+import torch
+
+import data
+import lora
+
+TIMING_KEYS = ("seconds", "epoch_seconds")  # results keys that go to timing.json, not metrics.json
+
+
+def trainable_state(model, adapter):
+    return model.state_dict() if adapter == "full" else lora.lora_state_dict(model)
+
+
+def torch_bytes(obj):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def json_bytes(obj):
+    return json.dumps(obj, indent=1).encode()
+
+
+def save_state(out, state):
+    data.atomic_write(os.path.join(out, "state.pt"), torch_bytes(state))
+
+
+def check_writable(folder):
+    """Fail early, with the flag's name, if --out cannot be written; drop temporary files that a
+    killed run may have left (they never carry a real file's name)."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        for stale in glob.glob(os.path.join(folder, "*.tmp[0-9]*")):
+            os.remove(stale)
+        probe = os.path.join(folder, f".write-test-{os.getpid()}")
+        open(probe, "w").close()
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"cannot write to --out {folder} ({e.strerror}); choose another folder with --out") from None
+
+
+def load_resume(folder):
+    path = os.path.join(folder, "state.pt")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--resume {folder}: no state.pt there (it is written after every epoch)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"--resume {folder}: state.pt is unreadable ({type(e).__name__})") from None
+
+
+def save_run(model, results):
+    cfg = results["config"]
+    out = cfg["out"]
+    versions = dict(python=platform.python_version(), torch=torch.__version__, numpy=np.__version__,
+                    tiktoken=tiktoken.__version__)
+    data.atomic_write(os.path.join(out, "config.json"), json_bytes(dict(cfg, versions=versions)))
+    data.atomic_write(os.path.join(out, "metrics.json"),
+                      json_bytes({k: v for k, v in results.items() if k not in TIMING_KEYS}))
+    data.atomic_write(os.path.join(out, "timing.json"), json_bytes({k: results[k] for k in TIMING_KEYS}))
+    name = "model.pt" if cfg["adapter"] == "full" else "adapter.pt"
+    data.atomic_write(os.path.join(out, name), torch_bytes(trainable_state(model, cfg["adapter"])))
+    data.atomic_write(os.path.join(out, "plot.png"), plot(results))
+
+
+def plot(results):
+    """Forget vs retain over the steps: QA accuracy, MA and EL_n with the stopping thresholds. -> PNG bytes"""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    h, n = results["history"], results["config"]["el_n"]
+    steps = [r["step"] for r in h]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key, title in zip(axes, ("qa_acc", "ma", f"el{n}"),
+                              ("QA accuracy", "MA (biographies)", f"EL{n} (biographies)")):
+        for split, style in (("forget", "r-o"), ("retain", "b-o"), ("general", "g-o"), ("holdout", "k:")):
+            if key in h[0][split]:
+                ax.plot(steps, [r[split][key] for r in h], style, ms=3, label=split)
+        thr = {"ma": results["thresholds"]["ma"], f"el{n}": results["thresholds"]["el"]}.get(key)
+        if thr is not None:
+            ax.axhline(thr, color="k", lw=0.8, ls="--", label="stop below (holdout at start)")
+        ax.set(title=title, xlabel="step", ylim=(-0.02, 1.02))
+    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8)
+    c = results["config"]
+    fig.suptitle(f"{c['loss']} + {c['adapter']} (rank {c['rank']}, lr {c['lr']})")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})  # no version stamp: same bytes
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def summary(results):
+    """The before/after table and the generations, as text."""
+    first, last, n = results["history"][0], results["history"][-1], results["config"]["el_n"]
+    rows = [("forget QA accuracy", "forget", "qa_acc"), ("forget MA", "forget", "ma"),
+            (f"forget EL{n}", "forget", f"el{n}"), ("forget truth ratio", "forget", "truth_ratio"),
+            ("retain QA accuracy", "retain", "qa_acc"), ("retain MA", "retain", "ma"),
+            ("holdout QA accuracy", "holdout", "qa_acc"), ("general QA accuracy", "general", "qa_acc")]
+    lines = [f"{'':24s}{'before':>10s}{'after':>10s}"]
+    lines += [f"{label:24s}{first[s][k]:10.3f}{last[s][k]:10.3f}" for label, s, k in rows]
+    for k in ("forget_quality", "model_utility"):
+        lines.append(f"{k.replace('_', ' '):24s}{results['start'][k]:10.3g}{results['end'][k]:10.3g}")
+    stop = results["stopped_at_epoch"]
+    lines.append(f"stopping rule: {'met at epoch ' + str(stop) if stop else 'not met'}; {results['outcome']}; "
+                 f"{results['steps']} steps, {results['seconds']:.0f}s")
+    for g in results["generations"]:
+        lines.append(f"Q: {g['question']}\n   before: {g['before']}\n   after:  {g['after']}")
+    return "\n".join(lines)
