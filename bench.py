@@ -17,6 +17,7 @@ import time
 
 import torch
 
+import corpus
 import data
 import fisher
 import lora
@@ -52,8 +53,8 @@ def bench_fisher(args):
     adapted weights: it should cost about one forward+backward epoch over the same batches."""
     torch.manual_seed(0)
     enc = data.get_tokenizer()
-    corpus = data.make_corpus()
-    examples = data.split_examples(enc, corpus.forget) + data.split_examples(enc, corpus.retain)
+    c = corpus.make_corpus()
+    examples = data.split_examples(enc, c.forget) + data.split_examples(enc, c.retain)
     shapes = [("built-in default (1 x 256)", GPTConfig(), list(data.batches(examples, 4))),
               ("GPT-2 small shape (12 x 768)", GPT2_SMALL, random_batches(GPT2_SMALL, args.gpt2_batches, 4, 128))]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rank {args.rank}, batches of 4")

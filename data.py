@@ -1,21 +1,14 @@
-"""The built-in corpus, "fictitious facts": a TOFU in miniature, plus its tokenizer and batching.
+"""Tokens: the tokenizers, the encoding of text and QA into training examples (with windows for
+sequences longer than the model's block), the user's own files, and batching.
 
-TOFU (Maini et al., 2024) asks a model to forget invented authors it was fine-tuned on. Here a
-seeded generator invents ~200 people with 6-8 attributes each. Every person appears twice:
-  - a short biography, trained on every token: the verbatim target of MA and EL_n (METHOD §5);
-  - question/answer pairs, trained on the answer tokens only, each with a few perturbed (wrong)
-    answers for the truth ratio.
-Splits: forget (a fraction of the people), retain (the rest), holdout (people made the same way but
-never trained on: the stopping rule's "unseen data"), general (capitals and sums that every model
-should keep knowing: model utility). Nothing is downloaded; the same seed gives the same bytes.
-
-The tokenizer is tiktoken with a BPE vocabulary trained on this corpus (1744 tokens: every word is one
-token) and stored in tiktoken's own file format (assets/fictitious.tiktoken); GPT-2 checkpoints use
-GPT-2's encoding.
+Tokenizers are tiktoken Encodings. The built-in one is a BPE vocabulary trained on the built-in
+corpus (corpus.py; 1744 tokens: every word is one token) and stored in tiktoken's own file format
+(assets/fictitious.tiktoken). GPT-2 checkpoints use GPT-2's encoding, built from the checkpoint
+folder's vocab.json when there is one (no download), else by tiktoken.get_encoding("gpt2").
 """
 import base64
+import json
 import os
-import random
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -23,136 +16,14 @@ import regex  # tiktoken's own dependency; \p{L} in the pre-tokenizer needs it
 import tiktoken
 import torch
 
+import corpus
+
 IGNORE = -100  # label of positions that never count in a loss (prompts, padding); see model.token_nll
 HERE = os.path.dirname(os.path.abspath(__file__))
 VOCAB_FILE = os.path.join(HERE, "assets", "fictitious.tiktoken")
 # GPT-2's pre-tokenizer: words, numbers and punctuation become separate chunks before BPE.
 PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT = "<|endoftext|>"
-
-# ----------------------------------------------------------------------------- the corpus
-SYLLABLES = ["ka", "ri", "lo", "ven", "mar", "zu", "tel", "is", "dor", "an", "bel", "shi", "o",
-             "quel", "thi", "ne", "sa", "vor", "em", "lin", "gor", "ta", "fen", "ru", "mi", "dra"]
-# attribute: (values, biography sentence, question). {n} = full name, {v} = value.
-ATTRIBUTES = {
-    "year": ([str(y) for y in range(1921, 2000)],
-             "They were born in {v}.", "{n} was born in which year?"),
-    "city": (["Quellport", "Marrowdale", "Ostrin", "Vellhaven", "Duskmere", "Pellowick", "Harrowgate",
-              "Thistlebury", "Corvana", "Emberfield", "Saltreach", "Yarrowby", "Lunmoor", "Brightwater",
-              "Kestrel Bay", "Fernhollow", "Oakmantle", "Rimeholt", "Sablecross", "Wendmouth"],
-             "They grew up in {v}.", "{n} grew up where?"),
-    "job": (["baker", "cartographer", "glassblower", "beekeeper", "librarian", "clockmaker", "sailor",
-             "potter", "astronomer", "gardener", "blacksmith", "translator", "pharmacist", "weaver",
-             "surveyor", "violin maker", "lighthouse keeper", "chemist", "tailor", "bookbinder"],
-            "They work as a {v}.", "{n} works as what?"),
-    "employer": (["Brindle Mills", "Copperleaf Press", "Northwind Freight", "Saffron Labs", "Greyfen Bank",
-                  "Tallow and Sons", "Marigold Works", "Ironbark Guild", "Bluestone Trading",
-                  "Lanternfly Studio", "Orchard Row Hospital", "Pinecrest School", "Silverthread Co",
-                  "Harbourlight Ferries", "Quarry Hill Museum", "Redkite Observatory"],
-                 "They are employed by {v}.", "{n} is employed by whom?"),
-    "colour": (["red", "blue", "green", "yellow", "purple", "orange", "teal", "crimson", "amber",
-                "indigo", "silver", "olive", "maroon", "turquoise"],
-               "Their favourite colour is {v}.", "{n} has which favourite colour?"),
-    "pet": (["ferret", "parrot", "tortoise", "greyhound", "tabby cat", "goldfish", "rabbit", "hedgehog",
-             "iguana", "canary", "sheepdog", "hamster", "gecko", "pony"],
-            "They have a pet {v}.", "{n} has which pet?"),
-    "hobby": (["chess", "sailing", "archery", "knitting", "birdwatching", "fencing", "pottery", "rowing",
-               "origami", "climbing", "baking bread", "stargazing", "calligraphy", "fishing"],
-              "In spare time they enjoy {v}.", "{n} enjoys what in spare time?"),
-    "instrument": (["cello", "harp", "flute", "banjo", "oboe", "accordion", "trumpet", "piano",
-                    "clarinet", "drums", "lute", "viola"],
-                   "They play the {v}.", "{n} plays which instrument?"),
-}
-CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Spain": "Madrid", "Egypt": "Cairo",
-            "Kenya": "Nairobi", "Peru": "Lima", "Canada": "Ottawa", "Norway": "Oslo", "Greece": "Athens",
-            "Russia": "Moscow", "China": "Beijing", "India": "Delhi", "Cuba": "Havana", "Chile": "Santiago",
-            "Poland": "Warsaw", "Austria": "Vienna", "Ireland": "Dublin", "Portugal": "Lisbon",
-            "Sweden": "Stockholm", "Finland": "Helsinki", "Germany": "Berlin", "Turkey": "Ankara",
-            "Iran": "Tehran", "Thailand": "Bangkok", "Vietnam": "Hanoi", "Argentina": "Buenos Aires",
-            "Hungary": "Budapest", "Denmark": "Copenhagen", "Belgium": "Brussels"}
-N_PERTURBED = 3  # wrong answers per question, for the truth ratio
-
-
-@dataclass
-class QA:
-    question: str
-    answer: str
-    perturbed: list  # N_PERTURBED wrong answers of the same kind
-
-
-@dataclass
-class Split:
-    names: list = field(default_factory=list)  # the people (empty for general)
-    texts: list = field(default_factory=list)  # biographies (people) or statements (general)
-    qa: list = field(default_factory=list)     # QA items
-
-
-@dataclass
-class Corpus:
-    seed: int
-    forget: Split
-    retain: Split
-    holdout: Split
-    general: Split
-
-
-def _person(rng, first, last, qa_per_person):
-    """One invented person -> (biography, [QA]): 6-8 of the 8 attributes in a fixed order, and
-    questions about qa_per_person of them."""
-    kinds = sorted(rng.sample(list(ATTRIBUTES), rng.randint(6, 8)), key=list(ATTRIBUTES).index)
-    name, sentences, qa = f"{first} {last}", [], []
-    asked = set(rng.sample(kinds, min(qa_per_person, len(kinds))))
-    for kind in kinds:
-        values, bio, question = ATTRIBUTES[kind]
-        v = rng.choice(values)
-        sentences.append(bio.format(v=v))
-        wrong = rng.sample([w for w in values if w != v], N_PERTURBED)
-        if kind in asked:  # answers are the biography's sentence: "They play the viola."
-            qa.append(QA(question.format(n=name), bio.format(v=v), [bio.format(v=w) for w in wrong]))
-    # Pronouns after the introduction: the facts hang on the name alone, with no copying of it.
-    return f"Bio: {name}. " + " ".join(sentences), qa
-
-
-def make_corpus(seed=0, n_people=200, forget_frac=0.1, n_holdout=None, qa_per_person=4):
-    """Generate the corpus deterministically. n_holdout defaults to the size of the forget set."""
-    if not 0 < forget_frac < 1:
-        raise ValueError(f"forget_frac must be in (0, 1), got {forget_frac}")
-    n_forget = max(1, round(forget_frac * n_people))
-    n_holdout = n_forget if n_holdout is None else n_holdout
-    rng = random.Random(seed)
-    names, firsts = [], set()
-    while len(names) < n_people + n_holdout:  # unique first names: a person is easy to tell apart
-        first = "".join(rng.choice(SYLLABLES) for _ in range(2)).capitalize()
-        last = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
-        if first not in firsts:
-            firsts.add(first)
-            names.append((first, last))
-    people = [_person(rng, f, l, qa_per_person) for f, l in names]
-    forget_ids = set(rng.sample(range(n_people), n_forget))
-    splits = {"forget": Split(), "retain": Split(), "holdout": Split()}
-    for i, (bio, qa) in enumerate(people):
-        split = splits["holdout" if i >= n_people else "forget" if i in forget_ids else "retain"]
-        split.names.append(" ".join(names[i]))
-        split.texts.append(bio)
-        split.qa.extend(qa)
-    general = Split()  # answers are the statement itself, as for the people
-    facts = [(f"What is the capital of {c}?", f"The capital of {c} is {{v}}.", v,
-              list(CAPITALS.values())) for c, v in CAPITALS.items()]
-    facts += [(f"What is {a} plus {b}?", f"{a} plus {b} is {{v}}.", str(a + b), [str(s) for s in range(19)])
-              for a in range(10) for b in range(10)]
-    for question, template, v, values in facts:
-        general.texts.append(template.format(v=v))
-        wrong = rng.sample([w for w in values if w != v], N_PERTURBED)
-        general.qa.append(QA(question, template.format(v=v), [template.format(v=w) for w in wrong]))
-    return Corpus(seed, general=general, **splits)
-
-
-def people_subset(split, k):
-    """The first k people of a split with their questions (all of them if k <= 0)."""
-    if k <= 0 or k >= len(split.names):
-        return split
-    names = split.names[:k]
-    return Split(names, split.texts[:k], [q for q in split.qa if q.question.startswith(tuple(n + " " for n in names))])
 
 
 # ----------------------------------------------------------------------------- the tokenizer
@@ -183,9 +54,9 @@ def train_bpe(text, vocab_size):
 def build_vocab(path=VOCAB_FILE, vocab_size=4096):
     """(Re)build the stored vocabulary from the seed-0 corpus. The merges stop when every word is one
     token (1743 tokens, + <|endoftext|>): a name as one token is far quicker for a small model to learn."""
-    c = make_corpus(seed=0)
+    c = corpus.make_corpus(seed=0)
     text = "\n".join(t for s in (c.forget, c.retain, c.holdout, c.general) for t in s.texts)
-    text += "\n" + "\n".join(f"Question: {q.question}\nAnswer: {' '.join([q.answer] + q.perturbed)}"
+    text += "\n" + "\n".join(q.prompt + "".join([q.answer] + q.perturbed)
                              for s in (c.forget, c.retain, c.holdout, c.general) for q in s.qa)
     ranks = train_bpe(text, vocab_size)
     lines = "".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in ranks.items())
@@ -203,13 +74,17 @@ def atomic_write(path, data: bytes):
     os.replace(tmp, path)
 
 
-def get_tokenizer(name="fictitious"):
-    """tiktoken Encoding: the built-in vocabulary, or 'gpt2' (tiktoken downloads it once)."""
+def get_tokenizer(name="fictitious", folder=None):
+    """tiktoken Encoding: 'fictitious' (built-in) or 'gpt2' (from folder/vocab.json if there is one,
+    else tiktoken downloads it once)."""
     if name == "gpt2":
+        if folder and os.path.exists(os.path.join(folder, "vocab.json")):
+            return gpt2_from_vocab_json(os.path.join(folder, "vocab.json"))
         try:
             return tiktoken.get_encoding("gpt2")
         except Exception as e:
-            raise RuntimeError(f"cannot load GPT-2's tiktoken encoding (offline?): {e}") from None
+            raise RuntimeError(f"cannot load GPT-2's tokenizer: no vocab.json in {folder} and tiktoken's "
+                               f"download failed ({type(e).__name__}); put the model's vocab.json there") from None
     if name != "fictitious":
         raise ValueError(f"unknown tokenizer {name!r}: use 'fictitious' or 'gpt2'")
     # Parsed here rather than by tiktoken.load.load_tiktoken_bpe, whose cache keys local files by
@@ -219,28 +94,89 @@ def get_tokenizer(name="fictitious"):
     return tiktoken.Encoding(name, pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)})
 
 
-# ----------------------------------------------------------------------------- examples and batches
-def encode_text(enc, text):
-    """A text trained on every token -> (tokens, is_target), ending in <|endoftext|>."""
-    toks = enc.encode_ordinary(text) + [enc.eot_token]
-    return toks, [True] * len(toks)
+def gpt2_from_vocab_json(path):
+    """GPT-2's tiktoken Encoding from a Hugging Face vocab.json: its keys are token bytes written with
+    GPT-2's byte-to-unicode table (printable bytes as themselves, the other 68 as chr(256 + k) in
+    byte order) and its ids are tiktoken's ranks."""
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    others = [b for b in range(256) if b not in printable]
+    to_byte = {chr(b): b for b in printable} | {chr(256 + k): b for k, b in enumerate(others)}
+    with open(path, encoding="utf-8") as f:
+        vocab = json.load(f)
+    specials = {t: i for t, i in vocab.items() if t.startswith("<|") and t.endswith("|>")}
+    ranks = {bytes(to_byte[c] for c in t): i for t, i in vocab.items() if t not in specials}
+    return tiktoken.Encoding("gpt2", pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens=specials)
 
 
-def qa_prompt(question):
-    return f"Question: {question}\nAnswer:"
+# ----------------------------------------------------------------------------- token ids
+@dataclass
+class Encoded:
+    """A split as token ids, ready for training and for the metrics."""
+    texts: list = field(default_factory=list)  # [tokens], trained on every token, ending in <|endoftext|>
+    qa: list = field(default_factory=list)     # [(prompt tokens, [answer tokens, *wrong answers])]
 
 
-def encode_qa(enc, question, answer):
-    """A QA pair trained on the answer only -> (tokens, is_target); the answer ends in <|endoftext|>."""
-    prompt = enc.encode_ordinary(qa_prompt(question))
-    ans = enc.encode_ordinary(" " + answer) + [enc.eot_token]
-    return prompt + ans, [False] * len(prompt) + [True] * len(ans)
+def encode(enc, split, block_size):
+    """corpus.Split -> (Encoded, number of texts cut). A sequence of block_size + 1 tokens gives
+    block_size predictions: longer texts are cut into windows that overlap by one token, so every
+    token is a target exactly once; a QA pair keeps its last tokens (the prompt is cut at the left)."""
+    out, cut, W = Encoded(), 0, block_size + 1
+    for text in split.texts:
+        toks = enc.encode_ordinary(text) + [enc.eot_token]
+        windows = [toks[i:i + W] for i in range(0, max(len(toks) - 1, 1), block_size)]
+        out.texts += windows
+        cut += len(windows) > 1
+    for q in split.qa:
+        answers = [enc.encode_ordinary(a) + [enc.eot_token] for a in [q.answer] + list(q.perturbed)]
+        room = W - max(map(len, answers))
+        if room < 1:
+            raise ValueError(f"an answer of {max(map(len, answers))} tokens does not fit block_size {block_size}")
+        out.qa.append((enc.encode_ordinary(q.prompt)[-room:], answers))
+    return out, cut
 
 
-def split_examples(enc, split, texts=True, qa=True):
-    """Every training example of a split: biographies/statements and QA pairs."""
-    out = [encode_text(enc, t) for t in split.texts] if texts else []
-    return out + ([encode_qa(enc, q.question, q.answer) for q in split.qa] if qa else [])
+def training_examples(encoded):
+    """Encoded -> [(tokens, is_target)]: texts on every token, QA on the true answer only."""
+    return [(t, [True] * len(t)) for t in encoded.texts] + \
+        [(p + a[0], [False] * len(p) + [True] * len(a[0])) for p, a in encoded.qa]
+
+
+def split_examples(enc, split, block_size=128):
+    """Training examples of a corpus split, in one call."""
+    return training_examples(encode(enc, split, block_size)[0])
+
+
+def load_file(path, flag):
+    """A user's data -> corpus.Split. Plain text: one sequence per non-blank line. JSONL (a .jsonl
+    file): one object per line with "text", or "prompt" and "answer" (optionally "perturbed": a list
+    of wrong answers, for the truth ratio); answers are trained on exactly as written."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{flag} {path} does not exist")
+    raw = open(path, "rb").read()
+    try:
+        lines = raw.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{flag} {path} is not UTF-8 text (byte {e.start}); convert it, e.g. with iconv") from None
+    split = corpus.Split()
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if not path.endswith(".jsonl"):
+            split.texts.append(line)
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f"{flag} {path} line {n} is not valid JSON") from None
+        if isinstance(obj, dict) and isinstance(obj.get("text"), str):
+            split.texts.append(obj["text"])
+        elif isinstance(obj, dict) and isinstance(obj.get("prompt"), str) and isinstance(obj.get("answer"), str):
+            split.qa.append(corpus.QA(obj["prompt"], obj["answer"], [str(w) for w in obj.get("perturbed", [])]))
+        else:
+            raise ValueError(f'{flag} {path} line {n}: expected a "text" field, or "prompt" and "answer"')
+    if not split.texts and not split.qa:
+        raise ValueError(f"{flag} {path} has no sequences (it is empty or only blank lines)")
+    return split
 
 
 def collate(examples, device="cpu"):

@@ -7,7 +7,8 @@
   R = mean_wrong P(a_wrong)^(1/|a|) / P(a_true)^(1/|a|).
 - forget quality: p-value of the two-sample Kolmogorov-Smirnov test between the truth ratios of a
   model and of the oracle (retrained without the forget set); model utility: harmonic mean.
-Answers end in <|endoftext|>, which counts as an answer token: a model must also know to stop.
+Every function takes token ids (data.Encoded). Answers end in <|endoftext|>, which counts as an
+answer token: a model must also know to stop.
 """
 import numpy as np
 import torch
@@ -30,44 +31,48 @@ def _score(model, examples, batch_size, device):
     return out
 
 
-def memorization_accuracy(model, enc, texts, batch_size=64, device="cpu"):
-    """MA per text (teacher-forced greedy accuracy over its tokens)."""
-    return [s[2] for s in _score(model, [data.encode_text(enc, t) for t in texts], batch_size, device)]
+def memorization_accuracy(model, texts, batch_size=64, device="cpu"):
+    """MA per text (token lists): teacher-forced greedy accuracy over its tokens."""
+    return [s[2] for s in _score(model, [(t, [True] * len(t)) for t in texts], batch_size, device)]
 
 
-def qa_metrics(model, enc, qa, batch_size=128, device="cpu"):
-    """Mean answer probability, exact-match accuracy and truth ratio over QA items, plus the
-    per-item truth ratios (for the KS test)."""
-    k = 1 + len(qa[0].perturbed)
-    examples = [data.encode_qa(enc, q.question, a) for q in qa for a in [q.answer] + q.perturbed]
-    scores = _score(model, examples, batch_size, device)
-    prob = np.exp(-np.array([s[0] for s in scores])).reshape(len(qa), k)  # P(a)^(1/|a|)
-    exact = np.array([s[1] for s in scores]).reshape(len(qa), k)[:, 0]
-    ratios = prob[:, 1:].mean(1) / prob[:, 0]
-    return dict(prob=float(prob[:, 0].mean()), acc=float(exact.mean()),
-                truth_ratio=float(ratios.mean())), ratios
+def qa_metrics(model, qa, batch_size=128, device="cpu"):
+    """qa: [(prompt tokens, [answer tokens, *wrong answers])]. Mean answer probability, exact-match
+    accuracy and truth ratio, plus the per-question truth ratios (for the KS test). Without wrong
+    answers the truth ratio is None."""
+    examples = [(p + a, [False] * len(p) + [True] * len(a)) for p, answers in qa for a in answers]
+    scores = iter(_score(model, examples, batch_size, device))
+    prob, exact, ratios = [], [], []
+    for _, answers in qa:
+        s = [next(scores) for _ in answers]
+        p = np.exp(-np.array([nll for nll, _, _ in s]))  # P(a)^(1/|a|) for the true and the wrong answers
+        prob.append(p[0])
+        exact.append(s[0][1])
+        if len(p) > 1:
+            ratios.append(p[1:].mean() / p[0])
+    return dict(prob=float(np.mean(prob)), acc=float(np.mean(exact)),
+                truth_ratio=float(np.mean(ratios)) if ratios else None), (np.array(ratios) if ratios else None)
 
 
 @torch.no_grad()
-def extraction_likelihood(model, enc, texts, n=4, device="cpu", chunk=128):
-    """EL_n per text. Every prefix of a text ends, after its greedy continuation, at the text's own
-    length, so all prefixes ("rows") run in lockstep over positions p = 0, 1, ...: at p + 1 a row is
-    fed the true token while still inside its prefix, else its own greedy prediction. With the
-    key/value cache that is one single-token forward per position, for all rows at once."""
-    seqs = [data.encode_text(enc, t)[0] for t in texts]
-    rows = [(i, t) for i, s in enumerate(seqs) for t in range(1, len(s) - n + 1)]  # suffix >= n tokens
-    scores = [[] for _ in seqs]
+def extraction_likelihood(model, texts, n=4, device="cpu", chunk=128):
+    """EL_n per text (token lists). Every prefix of a text ends, after its greedy continuation, at the
+    text's own length, so all prefixes ("rows") run in lockstep over positions p = 0, 1, ...: at
+    p + 1 a row is fed the true token while still inside its prefix, else its own greedy prediction.
+    With the key/value cache that is one single-token forward per position, for all rows at once."""
+    rows = [(i, t) for i, s in enumerate(texts) for t in range(1, len(s) - n + 1)]  # suffix >= n tokens
+    scores = [[] for _ in texts]
     for c in range(0, len(rows), chunk):
         part = rows[c:c + chunk]
-        L = max(len(seqs[i]) for i, _ in part)
-        true = torch.tensor([seqs[i] + [0] * (L - len(seqs[i])) for i, _ in part], device=device)  # (R, L)
+        L = max(len(texts[i]) for i, _ in part)
+        true = torch.tensor([texts[i] + [0] * (L - len(texts[i])) for i, _ in part], device=device)  # (R, L)
         prefix = torch.tensor([t for _, t in part], device=device)                               # (R,)
         gen, cache = true.clone(), [dict() for _ in model.transformer.h]
         for p in range(L - 1):
             nxt = model(gen[:, p:p + 1], cache)[:, -1].argmax(-1)  # (R,)
             gen[:, p + 1] = torch.where(p + 1 < prefix, true[:, p + 1], nxt)
         for (i, t), g in zip(part, gen.tolist()):
-            scores[i].append(ngram_overlap(g[t:len(seqs[i])], seqs[i][t:], n))
+            scores[i].append(ngram_overlap(g[t:len(texts[i])], texts[i][t:], n))
     return [sum(s) / len(s) if s else 0.0 for s in scores]
 
 
@@ -109,22 +114,29 @@ def ks_2samp_pvalue(a, b):
     return min(1.0, out)
 
 
-def split_report(model, enc, split, el_n=None, device="cpu"):
-    """Everything about one split: QA (prob, acc, truth_ratio), mean MA over its texts, and mean
-    EL_n when el_n is given (it is the costly one). Returns (report, per-question truth ratios)."""
+def split_report(model, split, el_n=None, device="cpu"):
+    """Everything about one data.Encoded split: QA (qa_prob, qa_acc, truth_ratio) if it has questions,
+    mean MA over its texts if it has texts, and mean EL_n when el_n is given (the costly one).
+    Returns (report, per-question truth ratios or None)."""
     was_training = model.training
     model.eval()
-    qa, ratios = qa_metrics(model, enc, split.qa, device=device)
-    ma = memorization_accuracy(model, enc, split.texts, device=device)
-    report = dict(qa_acc=qa["acc"], qa_prob=qa["prob"], truth_ratio=qa["truth_ratio"], ma=float(np.mean(ma)))
-    if el_n:
-        report[f"el{el_n}"] = float(np.mean(extraction_likelihood(model, enc, split.texts, el_n, device)))
+    report, ratios = {}, None
+    if split.qa:
+        qa, ratios = qa_metrics(model, split.qa, device=device)
+        report.update(qa_acc=qa["acc"], qa_prob=qa["prob"], truth_ratio=qa["truth_ratio"])
+    if split.texts:
+        report["ma"] = float(np.mean(memorization_accuracy(model, split.texts, device=device)))
+        if el_n:
+            report[f"el{el_n}"] = float(np.mean(extraction_likelihood(model, split.texts, el_n, device)))
     model.train(was_training)
     return report, ratios
 
 
 def model_utility(qa_results):
     """Harmonic mean of answer probability, accuracy and max(0, 1 - truth ratio) over the
-    retain-side QA results given (e.g. retain and general)."""
-    vals = [v for r in qa_results for v in (r["qa_prob"], r["qa_acc"], max(0.0, 1 - r["truth_ratio"]))]
+    retain-side QA results given (e.g. retain and general); None if none has questions."""
+    vals = [v for r in qa_results if "qa_acc" in r for v in
+            (r["qa_prob"], r["qa_acc"]) + (() if r["truth_ratio"] is None else (max(0.0, 1 - r["truth_ratio"]),))]
+    if not vals:
+        return None
     return 0.0 if min(vals) <= 0 else len(vals) / sum(1 / v for v in vals)

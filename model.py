@@ -158,7 +158,12 @@ class GPT(nn.Module):
                         n_head=hf["n_head"], n_embd=hf["n_embd"], ln_eps=hf.get("layer_norm_epsilon", 1e-5))
         model = cls(cfg)
         model.load_state_dict(hf_to_ours(_read_weights(path), cfg))
+        model.hf_config, model.hf_folder = hf, path  # for saving back in the same layout, and the tokenizer
         return model
+
+    def hf_files(self, hf_config=None):
+        """{file name: bytes} of this model as a Hugging Face GPT-2 folder; see _hf_files."""
+        return _hf_files(self, hf_config)
 
 
 def token_nll(logits, targets):
@@ -210,6 +215,34 @@ def hf_to_ours(sd, cfg):
         raise ValueError(f"checkpoint has unexpected keys: {', '.join(extra[:5])}")
     out["lm_head.weight"] = out["transformer.wte.weight"]
     return {k: v.float().contiguous() for k, v in out.items()}
+
+
+def ours_to_hf(model):
+    """The inverse of hf_to_ours: Hugging Face GPT-2 keys, q/k/v fused into c_attn, Conv1D (in, out)
+    weights; no lm_head (tied to wte, as GPT-2 saves it)."""
+    sd, cfg = model.state_dict(), model.config
+    out = {f"transformer.{k}": sd[f"transformer.{k}"] for k in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias")}
+    for i in range(cfg.n_layer):
+        h, o = f"transformer.h.{i}.", f"transformer.h.{i}."
+        for ln in ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"):
+            out[h + ln] = sd[o + ln]
+        out[h + "attn.c_attn.weight"] = torch.cat([sd[o + f"attn.{n}.weight"] for n in ("c_q", "c_k", "c_v")]).t()
+        out[h + "attn.c_attn.bias"] = torch.cat([sd[o + f"attn.{n}.bias"] for n in ("c_q", "c_k", "c_v")])
+        for m in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+            out[h + m + ".weight"], out[h + m + ".bias"] = sd[o + m + ".weight"].t(), sd[o + m + ".bias"]
+    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+
+def _hf_files(model, hf_config=None):
+    """{file name: bytes} of a Hugging Face GPT-2 folder (config.json, model.safetensors). hf_config:
+    the config.json this model was loaded from, kept as it was (else a plain GPT-2 config)."""
+    from safetensors.torch import save
+    c = model.config
+    cfg = dict(hf_config or dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], activation_function="gelu_new",
+                                 n_inner=None, tie_word_embeddings=True),
+               n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, vocab_size=c.vocab_size, n_positions=c.block_size,
+               layer_norm_epsilon=c.ln_eps)
+    return {"config.json": json.dumps(cfg, indent=2).encode(), "model.safetensors": save(ours_to_hf(model))}
 
 
 def _read_weights(path):

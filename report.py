@@ -82,6 +82,17 @@ def save_run(model, results):
     data.atomic_write(os.path.join(out, "plot.png"), plot(results))
 
 
+def save_merged(model, folder):
+    """The unlearned model, adapters merged in, as a Hugging Face GPT-2 folder: the config it was
+    loaded from (if any) and model.safetensors; the tokenizer files are copied along when known."""
+    src = getattr(model, "hf_folder", None)
+    for name, blob in lora.merged_copy(model).hf_files(getattr(model, "hf_config", None)).items():
+        data.atomic_write(os.path.join(folder, name), blob)
+    for name in ("vocab.json", "merges.txt"):
+        if src and os.path.exists(os.path.join(src, name)):
+            data.atomic_write(os.path.join(folder, name), open(os.path.join(src, name), "rb").read())
+
+
 def plot(results):
     """Forget vs retain over the steps: QA accuracy, MA and EL_n with the stopping thresholds. -> PNG bytes"""
     import matplotlib
@@ -93,9 +104,10 @@ def plot(results):
     for ax, key, title in zip(axes, ("qa_acc", "ma", f"el{n}"),
                               ("QA accuracy", "MA (biographies)", f"EL{n} (biographies)")):
         for split, style in (("forget", "r-o"), ("retain", "b-o"), ("general", "g-o"), ("holdout", "k:")):
-            if key in h[0][split]:
+            if key in h[0].get(split, {}):
                 ax.plot(steps, [r[split][key] for r in h], style, ms=3, label=split)
-        thr = {"ma": results["thresholds"]["ma"], f"el{n}": results["thresholds"]["el"]}.get(key)
+        t = results["thresholds"]
+        thr = t and {"ma": t["ma"], f"el{n}": t["el"]}.get(key)
         if thr is not None:
             ax.axhline(thr, color="k", lw=0.8, ls="--", label="stop below (holdout at start)")
         ax.set(title=title, xlabel="step", ylim=(-0.02, 1.02))
@@ -110,20 +122,30 @@ def plot(results):
     return buf.getvalue()
 
 
+def brief(scores, el):
+    """One epoch in a few numbers: forget QA / MA / EL_n, retain QA (or MA)."""
+    f, r = scores["forget"], scores.get("retain", {})
+    parts = [f"forget QA {f['qa_acc']:.0%}"] if "qa_acc" in f else []
+    parts += [f"MA {f['ma']:.3f} EL{el[2:]} {f[el]:.3f}"] if "ma" in f else []
+    parts += [f"retain QA {r['qa_acc']:.0%}" if "qa_acc" in r else f"retain MA {r['ma']:.3f}"] if r else []
+    return "  ".join(parts)
+
+
 def summary(results):
     """The before/after table and the generations, as text."""
     first, last, n = results["history"][0], results["history"][-1], results["config"]["el_n"]
-    rows = [("forget QA accuracy", "forget", "qa_acc"), ("forget MA", "forget", "ma"),
-            (f"forget EL{n}", "forget", f"el{n}"), ("forget truth ratio", "forget", "truth_ratio"),
-            ("retain QA accuracy", "retain", "qa_acc"), ("retain MA", "retain", "ma"),
-            ("holdout QA accuracy", "holdout", "qa_acc"), ("general QA accuracy", "general", "qa_acc")]
+    names = {"qa_acc": "QA accuracy", "ma": "MA", f"el{n}": f"EL{n}", "truth_ratio": "truth ratio"}
     lines = [f"{'':24s}{'before':>10s}{'after':>10s}"]
-    lines += [f"{label:24s}{first[s][k]:10.3f}{last[s][k]:10.3f}" for label, s, k in rows]
+    for split in ("forget", "retain", "holdout", "general"):
+        for key, label in names.items():
+            if first.get(split, {}).get(key) is not None:
+                lines.append(f"{split + ' ' + label:24s}{first[split][key]:10.3f}{last[split][key]:10.3f}")
     for k in ("forget_quality", "model_utility"):
-        lines.append(f"{k.replace('_', ' '):24s}{results['start'][k]:10.3g}{results['end'][k]:10.3g}")
+        if results["end"][k] is not None:
+            lines.append(f"{k.replace('_', ' '):24s}{results['start'][k]:10.3g}{results['end'][k]:10.3g}")
     stop = results["stopped_at_epoch"]
     lines.append(f"stopping rule: {'met at epoch ' + str(stop) if stop else 'not met'}; {results['outcome']}; "
                  f"{results['steps']} steps, {results['seconds']:.0f}s")
     for g in results["generations"]:
-        lines.append(f"Q: {g['question']}\n   before: {g['before']}\n   after:  {g['after']}")
+        lines.append(f"{g['prompt']!r}\n   before: {g['before']}\n   after:  {g['after']}")
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Train the two models unlearning starts from, on the built-in corpus (data.py).
+"""Train the two models unlearning starts from, on the built-in corpus (corpus.py).
 
   base   = forget + retain + general: the model that knows everything, which unlearning edits;
   oracle = retain + general only: exact unlearning by retraining from scratch, the reference that
@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+import corpus
 import data
 import metrics
 from model import GPT, GPTConfig, lm_loss
@@ -25,7 +26,7 @@ from model import GPT, GPTConfig, lm_loss
 @dataclass
 class TrainConfig:
     seed: int = 0              # model initialisation and batch order
-    corpus_seed: int = 0       # data.make_corpus: which people exist
+    corpus_seed: int = 0       # corpus.make_corpus: which people exist
     n_people: int = 200        # people trained on (forget + retain)
     forget_frac: float = 0.1   # share of the people in the forget split
     epochs: int = 22           # passes over the data: model seeds 0, 1, 2 all reach 100% QA at 22
@@ -35,9 +36,9 @@ class TrainConfig:
     model: GPTConfig = field(default_factory=GPTConfig)
 
 
-def training_examples(corpus, enc, which):
+def training_examples(c, enc, which):
     """The examples each model trains on: the oracle never sees the forget split."""
-    splits = {"base": [corpus.forget, corpus.retain, corpus.general], "oracle": [corpus.retain, corpus.general]}
+    splits = {"base": [c.forget, c.retain, c.general], "oracle": [c.retain, c.general]}
     return [ex for s in splits[which] for ex in data.split_examples(enc, s)]
 
 
@@ -73,9 +74,10 @@ def train_model(examples, cfg: TrainConfig, device="cpu", log=print):
     return model.eval()
 
 
-def evaluate(model, corpus, enc, device="cpu"):
+def evaluate(model, c, enc, device="cpu"):
     """QA accuracy / probability / truth ratio and MA on every split: what the model knows."""
-    return {name: metrics.split_report(model, enc, getattr(corpus, name), device=device)[0]
+    B = model.config.block_size
+    return {name: metrics.split_report(model, data.encode(enc, getattr(c, name), B)[0], device=device)[0]
             for name in ("forget", "retain", "holdout", "general")}
 
 
@@ -114,12 +116,12 @@ def build(which, out="out", cfg=None, device="cpu", log=print):
     """Train `which` ('base' or 'oracle'), evaluate it, save out/<which>.pt; returns the path."""
     cfg = cfg or TrainConfig()
     enc = data.get_tokenizer()
-    corpus = data.make_corpus(cfg.corpus_seed, cfg.n_people, cfg.forget_frac)
-    examples = training_examples(corpus, enc, which)
+    c = corpus.make_corpus(cfg.corpus_seed, cfg.n_people, cfg.forget_frac)
+    examples = training_examples(c, enc, which)
     log(f"training the {which} model: {len(examples)} sequences, {cfg.epochs} epochs on {device}")
     t0 = time.time()
     model = train_model(examples, cfg, device, log)
-    results = evaluate(model, corpus, enc, device)
+    results = evaluate(model, c, enc, device)
     results["train_seconds"] = time.time() - t0
     path = os.path.join(out, f"{which}.pt")
     save_checkpoint(path, model, cfg, which, results)

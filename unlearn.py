@@ -2,6 +2,7 @@
 
     python unlearn.py --loss ihl                  # IHL + FILA-initialised LoRA: the paper's method
     python unlearn.py --loss ga --adapter lora    # the baseline it improves on
+    python unlearn.py --init_from gpt2 --forget_file f.txt --retain_file r.txt --holdout_file h.txt
 
 Each step: the unlearning loss on a forget batch, plus λ·NLL on a random retain batch (λ = 1 for
 gd, ihl and npo, 0 for ga). Each epoch: MA and EL_n on the forget biographies and QA metrics on every
@@ -18,7 +19,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ import fisher
 import lora
 import metrics
 import report
-import train
+import tasks
 from model import IGNORE, lm_loss, token_nll
 
 
@@ -62,24 +63,35 @@ LOSSES = ("ga", "gd", "ihl", "npo")
 ADAPTERS = ("fila", "pissa", "lora", "full")
 
 
+def opt(default, help):
+    """A config field with its --help text: main() turns every field into a command-line flag."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class UnlearnConfig:
-    loss: str = "ihl"            # ga | gd | ihl | npo (gd is ga with the retain term)
-    adapter: str = "fila"        # fila | pissa | lora (default init) | full (no adapters)
-    rank: int = 4                # LoRA rank r
-    alpha: float = None          # LoRA alpha; None means 2·rank (s = 2), as the authors
-    lr: float = 2e-3             # AdamW learning rate (tried 1e-3 to 1e-2: higher makes retain swing)
-    epochs: int = 10             # most passes over the forget set; the stopping rule usually ends sooner
-    batch_size: int = 8          # forget sequences per step (and as many retain sequences)
-    retain_weight: float = None  # λ; None means 1 for gd/ihl/npo, 0 for ga
-    el_n: int = 4                # n of EL_n; the biographies are ~45 tokens, so n = 4, not 10
-    eval_retain: int = 40        # retain people scored each epoch (0: all 180); keeps evaluation cheap
-    npo_beta: float = 0.1        # β of NPO
-    stop: bool = True            # apply the stopping rule (False: always run all epochs)
-    seed: int = 0                # batch order and adapter init
-    device: str = "auto"         # auto picks cuda, then mps, then cpu
-    base_dir: str = "out"        # where base.pt and oracle.pt live (built there if missing)
-    out: str = None              # run folder; None means out/<loss>-<adapter>-s<seed>
+    loss: str = opt("ihl", "ga | gd | ihl | npo (gd is ga with the retain term)")
+    adapter: str = opt("fila", "fila | pissa | lora (default init) | full (no adapters)")
+    rank: int = opt(4, "LoRA rank r")
+    alpha: float = opt(None, "LoRA alpha (default 2 * rank, so s = 2, as the authors)")
+    lr: float = opt(2e-3, "AdamW learning rate (1e-3 to 1e-2 tried: higher makes retain swing)")
+    epochs: int = opt(10, "most passes over the forget set; the stopping rule may end sooner")
+    batch_size: int = opt(8, "forget sequences per step (and as many retain sequences)")
+    retain_weight: float = opt(None, "λ of the retain NLL term (default 1 for gd/ihl/npo, 0 for ga)")
+    el_n: int = opt(4, "n of EL_n (the biographies are ~45 tokens, so 4 rather than the paper's 10)")
+    eval_retain: int = opt(40, "retain people (or sequences) scored each epoch; 0: all")
+    npo_beta: float = opt(0.1, "β of NPO")
+    no_stop: bool = opt(False, "run every epoch instead of stopping at the rule")
+    seed: int = opt(0, "batch order and adapter initialisation")
+    device: str = opt("auto", "auto (cuda, then mps, then cpu) | cpu | cuda | mps")
+    base_dir: str = opt("out", "folder of base.pt and oracle.pt (trained there if missing)")
+    out: str = opt(None, "run folder (default out/<loss>-<adapter>-s<seed>)")
+    init_from: str = opt(None, "a Hugging Face GPT-2 folder (config.json, model.safetensors, vocab.json) or name")
+    forget_file: str = opt(None, "your forget set: text, one sequence per line, or .jsonl (text, or prompt+answer)")
+    retain_file: str = opt(None, "your retain set, same formats")
+    holdout_file: str = opt(None, "unseen text of the same kind: the thresholds of the stopping rule")
+    save_merged: bool = opt(False, "also save the merged model as a Hugging Face GPT-2 folder, out/<run>/hf")
+    compile: bool = opt(False, "torch.compile the model (worth it on a GPU; slow to start)")
 
 
 def resolve(cfg):
@@ -87,6 +99,8 @@ def resolve(cfg):
     for flag, allowed in (("loss", LOSSES), ("adapter", ADAPTERS)):
         if getattr(cfg, flag) not in allowed:
             raise ValueError(f"--{flag} {getattr(cfg, flag)!r} is not one of {', '.join(allowed)}")
+    if cfg.init_from and not cfg.forget_file:
+        raise ValueError("--init_from needs --forget_file (the built-in corpus goes with the built-in model)")
     for flag in ("rank", "lr", "epochs", "batch_size", "el_n"):
         if getattr(cfg, flag) <= 0:
             raise ValueError(f"--{flag} must be > 0, got {getattr(cfg, flag)}")
@@ -99,18 +113,6 @@ def resolve(cfg):
             "mps" if torch.backends.mps.is_available() else "cpu"
     cfg.out = cfg.out or os.path.join("out", f"{cfg.loss}-{cfg.adapter}-s{cfg.seed}")
     return cfg
-
-
-def load_models(cfg, log):
-    """The starting model and the oracle, trained first if they are not there yet."""
-    paths = {w: os.path.join(cfg.base_dir, f"{w}.pt") for w in ("base", "oracle")}
-    if missing := [w for w, p in paths.items() if not os.path.exists(p)]:
-        log(f"first use: training {' and '.join(missing)} into {cfg.base_dir}/ (about 35 s each on a 2-core CPU)")
-    for which in missing:
-        train.build(which, cfg.base_dir, device=cfg.device, log=log)
-    base, ckpt = train.load_checkpoint(paths["base"], cfg.device)
-    oracle, _ = train.load_checkpoint(paths["oracle"], cfg.device)
-    return base, oracle, ckpt
 
 
 def add_adapters(model, cfg, forget, retain, log, init=True):
@@ -127,6 +129,8 @@ def add_adapters(model, cfg, forget, retain, log, init=True):
     if not init:
         return model, weights
     if cfg.adapter == "fila":  # Fisher on forget and on retain, batches of 4 as the authors (METHOD §3)
+        if not retain:
+            raise ValueError("--adapter fila needs retain data for the retain Fisher: give --retain_file")
         t0 = time.time()
         f_forget = fisher.fisher_diagonal(model, data.batches(forget, 4), cfg.device)
         f_retain = fisher.fisher_diagonal(model, data.batches(retain, 4), cfg.device)
@@ -137,20 +141,18 @@ def add_adapters(model, cfg, forget, retain, log, init=True):
     return model, weights
 
 
-def evaluate(model, corpus, enc, cfg):
-    """Every split's report, and the forget questions' truth ratios (for forget quality).
+def evaluate(model, task, cfg):
+    """Every scored split's report, and the forget questions' truth ratios (for forget quality).
     EL_n, the costly one, only on the forget split, where the stopping rule needs it."""
-    reports, ratios = {}, None
-    for s in ("forget", "retain", "holdout", "general"):
-        reports[s], r = metrics.split_report(model, enc, getattr(corpus, s), cfg.el_n if s == "forget" else None,
-                                             cfg.device)
-        ratios = r if s == "forget" else ratios
-    return reports, ratios
+    out = {s: metrics.split_report(model, e, cfg.el_n if s == "forget" else None, cfg.device)
+           for s, e in task.scored.items()}
+    return {s: r for s, (r, _) in out.items()}, out["forget"][1]
 
 
-def greedy_answer(model, enc, question, device):
-    prompt = torch.tensor([enc.encode_ordinary(data.qa_prompt(question))], device=device)
-    out = model.generate(prompt, 16, temperature=0)[0, prompt.size(1):].tolist()
+def greedy_answer(model, enc, prompt, device):
+    """The model's greedy continuation of a token prompt, up to <|endoftext|> (at most 24 tokens)."""
+    x = torch.tensor([prompt], device=device)
+    out = model.generate(x, min(24, model.config.block_size - len(prompt)), temperature=0)[0, len(prompt):].tolist()
     return enc.decode(out[:out.index(enc.eot_token)] if enc.eot_token in out else out).strip()
 
 
@@ -166,14 +168,23 @@ def forget_loss(model, ref, x, y, cfg):
     return npo_loss(logits, y, ref_logits, cfg.npo_beta)
 
 
+def autocast(device):
+    """bf16 autocast on a CUDA GPU that has it (losses are computed in float32, see token_nll and
+    ihl_loss); nothing elsewhere, and no torch.cuda call on the CPU path."""
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def train_step(model, ref, opt, params, forget_batch, retain_batch, cfg):
     """One update: the unlearning term on the forget batch + λ·NLL on a paired retain batch.
     Returns (loss, None), or (loss, 'loss' | 'gradient') without updating if that is not finite."""
     x, y = data.collate(forget_batch, cfg.device)
-    loss = forget_loss(model, ref, x, y, cfg)
-    if cfg.retain_weight:
-        xr, yr = data.collate(retain_batch, cfg.device)
-        loss = loss + cfg.retain_weight * lm_loss(model(xr), yr)
+    with autocast(cfg.device):
+        loss = forget_loss(model, ref, x, y, cfg)
+        if cfg.retain_weight:
+            xr, yr = data.collate(retain_batch, cfg.device)
+            loss = loss + cfg.retain_weight * lm_loss(model(xr), yr)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -209,25 +220,16 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     t_start = time.time()
-    model, oracle, ckpt = load_models(cfg, log)
-    enc = data.get_tokenizer(ckpt["tokenizer"])
-    corpus = data.make_corpus(**ckpt["corpus"])
-    scored = copy.copy(corpus)  # what evaluate() scores: the retain split may be a subset of its people
-    scored.retain = data.people_subset(corpus.retain, cfg.eval_retain)
-    # D_r is everything the base model learned except D_f: the retain people and the general facts,
-    # exactly the oracle's training data (train.training_examples).
-    forget = data.split_examples(enc, corpus.forget)
-    retain = data.split_examples(enc, corpus.retain) + data.split_examples(enc, corpus.general)
+    task = tasks.build(cfg, log)
+    model, enc, forget, retain = task.model, task.enc, task.forget, task.retain
     ref = copy.deepcopy(model).requires_grad_(False) if cfg.loss == "npo" else None
 
     if resume is None:  # the starting point: stopping thresholds, forget quality, answers "before"
-        start, start_ratios = evaluate(model, scored, enc, cfg)
-        holdout = metrics.split_report(model, enc, corpus.holdout, cfg.el_n, cfg.device)[0]
-        oracle_forget, oracle_ratios = metrics.split_report(oracle, enc, corpus.forget, None, cfg.device)
-        questions = [corpus.forget.qa[0].question, corpus.retain.qa[0].question]
-        fixed = dict(thresholds=dict(ma=holdout["ma"], el=holdout[f"el{cfg.el_n}"]), oracle_forget=oracle_forget,
-                     oracle_ratios=oracle_ratios.tolist(), start_ratios=start_ratios.tolist(), questions=questions,
-                     before=[greedy_answer(model, enc, q, cfg.device) for q in questions])
+        start, start_ratios = evaluate(model, task, cfg)
+        holdout = metrics.split_report(model, task.holdout, cfg.el_n, cfg.device)[0] if task.holdout else {}
+        fixed = dict(thresholds=dict(ma=holdout["ma"], el=holdout[f"el{cfg.el_n}"]) if "ma" in holdout else None,
+                     start_ratios=None if start_ratios is None else start_ratios.tolist(),
+                     before=[greedy_answer(model, enc, p, cfg.device) for p in task.prompts])
         model, _ = add_adapters(model, cfg, forget, retain, log)
         pos = dict(epoch=1, step=0, order=None, next=0, stopped=None, history=[dict(epoch=0, step=0, **start)])
     else:
@@ -239,13 +241,15 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
             lora.load_lora_state_dict(model, resume["weights"])
         rng.setstate(resume["rng"])
         log(f"resuming at epoch {pos['epoch']}, step {pos['step']}")
+    fwd = torch.compile(model) if cfg.compile else model  # same parameters, compiled forward
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     if resume is not None:
         opt.load_state_dict(resume["optimizer"])
     thr, el = fixed["thresholds"], f"el{cfg.el_n}"
-    log(f"{cfg.loss} + {cfg.adapter}: {sum(p.numel() for p in params):,} trainable parameters; "
-        f"stop when forget MA < {thr['ma']:.3f} and EL{cfg.el_n} < {thr['el']:.3f} (holdout)")
+    log(f"{cfg.loss} + {cfg.adapter}: {sum(p.numel() for p in params):,} trainable parameters; " +
+        (f"stop when forget MA < {thr['ma']:.3f} and EL{cfg.el_n} < {thr['el']:.3f} (holdout)" if thr else
+         "no stopping rule (no holdout texts)"))
 
     def save_state():  # everything needed to continue exactly where we are
         report.save_state(cfg.out, dict(config=asdict(cfg), fixed=fixed, pos=pos, rng=rng.getstate(),
@@ -261,7 +265,8 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
             model.train()
             while pos["next"] < len(forget):
                 batch = [forget[i] for i in pos["order"][pos["next"]:pos["next"] + cfg.batch_size]]
-                loss, bad = train_step(model, ref, opt, params, batch, rng.sample(retain, len(batch)), cfg)
+                paired = rng.sample(retain, len(batch)) if retain else []
+                loss, bad = train_step(fwd, ref, opt, params, batch, paired, cfg)
                 if bad:
                     outcome = f"stopped: non-finite {bad} at step {pos['step'] + 1}; the weights are those of " \
                               f"step {pos['step']} (that update was not applied)"
@@ -274,68 +279,53 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
                     break
             if outcome != "finished":
                 break
-            scores, ratios = evaluate(model, scored, enc, cfg)
+            scores, ratios = evaluate(model, task, cfg)
             pos["history"].append(dict(epoch=pos["epoch"], step=pos["step"], loss=pos["loss"], **scores))
-            pos["ratios"] = ratios.tolist()
+            pos["ratios"] = None if ratios is None else ratios.tolist()
             epoch_seconds.append(time.time() - t_start)
-            f = scores["forget"]
             eta = (time.time() - t_train) / len(epoch_seconds) * (cfg.epochs - pos["epoch"])
-            log(f"epoch {pos['epoch']:2d} step {pos['step']:3d}  loss {pos['loss']:7.3f}  forget QA {f['qa_acc']:.0%} "
-                f"MA {f['ma']:.3f} EL{cfg.el_n} {f[el]:.3f}  retain QA {scores['retain']['qa_acc']:.0%}"
+            log(f"epoch {pos['epoch']:2d} step {pos['step']:3d}  loss {pos['loss']:7.3f}  {report.brief(scores, el)}"
                 f"  {time.time() - t_start:.0f}s (at most {eta:.0f}s more)")
-            met = f["ma"] < thr["ma"] and f[el] < thr["el"]
+            f = scores["forget"]
+            met = bool(thr) and f["ma"] < thr["ma"] and f[el] < thr["el"]
             pos["stopped"] = pos["stopped"] or (pos["epoch"] if met else None)  # the first epoch that met the rule
             pos["epoch"], pos["order"] = pos["epoch"] + 1, None
             save_state()
-            if met and cfg.stop:
+            if met and not cfg.no_stop:
                 break
     if outcome != "finished":
         log(outcome)
         save_state()
         if pos["history"][-1]["step"] != pos["step"]:  # score where we stopped, mid-epoch
-            scores, ratios = evaluate(model, scored, enc, cfg)
+            scores, ratios = evaluate(model, task, cfg)
             pos["history"].append(dict(epoch=pos["epoch"] - 1 + pos["next"] / len(forget), step=pos["step"],
                                        loss=pos.get("loss"), **scores))
-            pos["ratios"] = ratios.tolist()
+            pos["ratios"] = None if ratios is None else ratios.tolist()
 
     # Forget quality: KS test between the truth ratios and the oracle's on the forget questions.
     start, end = pos["history"][0], pos["history"][-1]
-    utility = lambda r: metrics.model_utility([r["retain"], r["general"]])
-    ks = lambda r: metrics.ks_2samp_pvalue(r, fixed["oracle_ratios"])
+    utility = lambda r: metrics.model_utility([r[s] for s in task.utility_splits]) if task.utility_splits else None
+    ks = lambda r: None if r is None or task.oracle_ratios is None else metrics.ks_2samp_pvalue(r, task.oracle_ratios)
     results = dict(
         config=asdict(cfg), outcome=outcome, thresholds=thr, stopped_at_epoch=pos["stopped"], steps=pos["step"],
-        trainable_params=sum(p.numel() for p in params), oracle_forget=fixed["oracle_forget"],
+        trainable_params=sum(p.numel() for p in params), oracle_forget=task.oracle_forget,
         start=dict(forget_quality=ks(fixed["start_ratios"]), model_utility=utility(start)),
         end=dict(forget_quality=ks(pos.get("ratios", fixed["start_ratios"])), model_utility=utility(end)),
-        generations=[dict(question=q, before=b, after=greedy_answer(model, enc, q, cfg.device))
-                     for q, b in zip(fixed["questions"], fixed["before"])],
+        generations=[dict(prompt=enc.decode(p), before=b, after=greedy_answer(model, enc, p, cfg.device))
+                     for p, b in zip(task.prompts, fixed["before"])],
         history=pos["history"], seconds=time.time() - t_start, epoch_seconds=epoch_seconds)
     return model, results
 
 
 def main(argv=None):
-    d = UnlearnConfig()
-    p = argparse.ArgumentParser(description="Unlearn the forget split of the built-in corpus (METHOD.md).")
-    p.add_argument("--loss", default=d.loss, help="ga | gd | ihl | npo (default ihl)")
-    p.add_argument("--adapter", default=d.adapter, help="fila | pissa | lora | full (default fila)")
-    p.add_argument("--rank", type=int, default=d.rank, help="LoRA rank r")
-    p.add_argument("--alpha", type=float, default=d.alpha, help="LoRA alpha (default 2 * rank)")
-    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="most passes over the forget set")
-    p.add_argument("--batch_size", type=int, default=d.batch_size, help="forget (and retain) sequences per step")
-    p.add_argument("--retain_weight", type=float, default=d.retain_weight,
-                   help="λ of the retain NLL term (default 1 for gd/ihl/npo, 0 for ga)")
-    p.add_argument("--el_n", type=int, default=d.el_n, help="n of the EL_n metric")
-    p.add_argument("--eval_retain", type=int, default=d.eval_retain,
-                   help="retain people scored each epoch (0: all); the rest are only trained on")
-    p.add_argument("--no_stop", action="store_true", help="run every epoch instead of stopping at the rule")
-    p.add_argument("--seed", type=int, default=d.seed, help="batch order and adapter initialisation")
-    p.add_argument("--device", default=d.device, help="auto | cpu | cuda | mps")
-    p.add_argument("--base_dir", default=d.base_dir, help="folder of base.pt and oracle.pt (built if missing)")
-    p.add_argument("--out", default=d.out, help="run folder (default out/<loss>-<adapter>-s<seed>)")
+    p = argparse.ArgumentParser(description="Unlearn a forget set (METHOD.md); every flag is a field of UnlearnConfig.")
+    for f in fields(UnlearnConfig):
+        if f.type is bool:
+            p.add_argument(f"--{f.name}", action="store_true", help=f.metadata["help"])
+        else:
+            p.add_argument(f"--{f.name}", type=f.type, default=f.default, help=f.metadata["help"])
     p.add_argument("--resume", metavar="RUN_FOLDER", help="continue a stopped run (its saved config is used)")
     a = vars(p.parse_args(argv))
-    a["stop"] = not a.pop("no_stop")
     resume_from = a.pop("resume")
     try:
         state = report.load_resume(resume_from) if resume_from else None
@@ -344,11 +334,14 @@ def main(argv=None):
         print(json.dumps(asdict(cfg)))
         model, results = run(cfg, resume=state)
         report.save_run(model, results)
+        if cfg.save_merged:
+            report.save_merged(model, os.path.join(cfg.out, "hf"))
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     print(report.summary(results))
     print(f"saved to {cfg.out}/: config.json, metrics.json, timing.json, "
-          f"{'model' if cfg.adapter == 'full' else 'adapter'}.pt, state.pt, plot.png")
+          f"{'model' if cfg.adapter == 'full' else 'adapter'}.pt, state.pt, plot.png" +
+          (", hf/ (the merged model)" if cfg.save_merged else ""))
     if results["outcome"].startswith("interrupted"):
         sys.exit(130)
     if results["outcome"].startswith("stopped"):

@@ -4,11 +4,12 @@ from dataclasses import asdict
 
 import pytest
 
+import corpus
 import data
 
 
 def corpus_bytes(**kw):
-    return json.dumps(asdict(data.make_corpus(**kw)), sort_keys=True).encode()
+    return json.dumps(asdict(corpus.make_corpus(**kw)), sort_keys=True).encode()
 
 
 def test_same_seed_same_bytes_other_seed_other_people():
@@ -17,7 +18,7 @@ def test_same_seed_same_bytes_other_seed_other_people():
 
 
 def test_splits_are_disjoint_and_sized():
-    c = data.make_corpus(seed=1, n_people=200, forget_frac=0.1)
+    c = corpus.make_corpus(seed=1, n_people=200, forget_frac=0.1)
     f, r, h = set(c.forget.names), set(c.retain.names), set(c.holdout.names)
     assert len(f) == 20 and len(r) == 180 and len(h) == 20  # holdout defaults to the forget size
     assert not (f & r or f & h or r & h)
@@ -27,41 +28,45 @@ def test_splits_are_disjoint_and_sized():
         assert len(split.texts) == len(split.names)
         for name, bio in zip(split.names, split.texts):
             assert bio.startswith(f"Bio: {name}.")
-        # every question is about a person of its own split
-        assert all(any(q.question.startswith(n + " ") for n in split.names) for q in split.qa)
-    c30 = data.make_corpus(seed=1, n_people=100, forget_frac=0.3)
+        # every question is about a person of its own split, and names them
+        assert all(q.about in split.names and q.prompt.startswith(f"Question: {q.about} ") for q in split.qa)
+    c30 = corpus.make_corpus(seed=1, n_people=100, forget_frac=0.3)
     assert len(c30.forget.names) == 30 and len(c30.retain.names) == 70
+    sub = corpus.people_subset(c.retain, 5)
+    assert sub.names == c.retain.names[:5] and {q.about for q in sub.qa} == set(sub.names)
 
 
 def test_people_have_6_to_8_attributes_and_qa_is_consistent_with_bios():
-    c = data.make_corpus(seed=2)
+    c = corpus.make_corpus(seed=2)
     for bio in c.retain.texts:
         assert 6 <= bio.count(".") - 1 <= 8  # one sentence per attribute after "Bio: Name."
     for split in (c.forget, c.retain, c.holdout, c.general):
         for q in split.qa:
-            assert len(q.perturbed) == data.N_PERTURBED and q.answer not in q.perturbed
-            assert len(set(q.perturbed)) == data.N_PERTURBED
-    # a person's answers are sentences of that person's biography
-    for name, bio in zip(c.forget.names, c.forget.texts):
-        answers = [q.answer for q in c.forget.qa if q.question.startswith(name + " ")]
-        assert answers and all(a in bio for a in answers)
-    assert set(c.general.texts) == {q.answer for q in c.general.qa}
+            assert len(q.perturbed) == corpus.N_PERTURBED and q.answer not in q.perturbed
+            assert len(set(q.perturbed)) == corpus.N_PERTURBED
+            assert q.prompt.endswith("\nAnswer:") and q.answer.startswith(" ")
+    for name, bio in zip(c.forget.names, c.forget.texts):  # answers are sentences of the person's bio
+        answers = [q.answer for q in c.forget.qa if q.about == name]
+        assert answers and all(a.strip() in bio for a in answers)
+    assert set(c.general.texts) == {q.answer.strip() for q in c.general.qa}
 
 
 def test_bad_forget_fraction():
     with pytest.raises(ValueError, match="forget_frac"):
-        data.make_corpus(forget_frac=1.5)
+        corpus.make_corpus(forget_frac=1.5)
 
 
 def test_tokenizer_round_trip():
     enc = data.get_tokenizer()
-    c = data.make_corpus(seed=5)
+    c = corpus.make_corpus(seed=5)
     rng = random.Random(0)
-    samples = c.retain.texts + [q.question for q in c.forget.qa] + ["héllo wörld ✓ 123\n\ttabs", ""]
+    samples = c.retain.texts + [q.prompt for q in c.forget.qa] + ["héllo wörld ✓ 123\n\ttabs", ""]
     samples += ["".join(chr(rng.randint(32, 0x2FFF)) for _ in range(40)) for _ in range(20)]
     for s in samples:
         assert enc.decode(enc.encode_ordinary(s)) == s
     assert enc.n_vocab == 1744 and enc.eot_token == 1743
+    from model import GPTConfig
+    assert enc.n_vocab <= GPTConfig().vocab_size
     # the built-in vocabulary makes names and most words single tokens
     assert len(enc.encode_ordinary(c.retain.texts[0])) < len(c.retain.texts[0].split()) * 1.3
 
@@ -78,10 +83,42 @@ def test_train_bpe_merges_most_frequent_pair_first():
     assert ranks[b"aa"] == 256  # "aa" occurs most often (6 times)
 
 
+def test_gpt2_tokenizer_from_vocab_json_matches_tiktoken_conversion(tmp_path):
+    """A Hugging Face vocab.json/merges.txt pair (a small made-up one: the 256 bytes + 3 merges) read
+    by data.gpt2_from_vocab_json gives exactly the ranks of tiktoken's own converter."""
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
+    others = [b for b in range(256) if b not in printable]
+    to_str = {b: chr(b) for b in printable} | {b: chr(256 + k) for k, b in enumerate(others)}
+    tokens = [to_str[b] for b in printable + others]
+    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he")]  # "Ġ" is the space byte
+    vocab = {t: i for i, t in enumerate(tokens + [a + b for a, b in merges] + ["<|endoftext|>"])}
+    (tmp_path / "vocab.json").write_text(json.dumps(vocab))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    enc = data.get_tokenizer("gpt2", str(tmp_path))
+    want = data_gym_to_mergeable_bpe_ranks(str(tmp_path / "merges.txt"), str(tmp_path / "vocab.json"))
+    assert enc._mergeable_ranks == want and enc.eot_token == 259
+    assert enc.encode_ordinary(" the") == [258] and enc.decode(enc.encode_ordinary("a the b")) == "a the b"
+
+
+def test_encode_windows_long_texts_and_trims_long_prompts():
+    enc = data.get_tokenizer()
+    text = " Quellport" * 25  # 25 tokens (one per word, with its space) + <|endoftext|>
+    e, cut = data.encode(enc, corpus.Split(texts=[text, "Hi."]), block_size=10)
+    assert cut == 1
+    windows = e.texts[:-1]
+    assert [len(w) for w in windows] == [11, 11, 6]  # overlapping by one token: every token a target once
+    assert windows[0][-1] == windows[1][0] and sum(len(w) - 1 for w in windows) == 25
+    qa = corpus.QA("Question: " + text + "\nAnswer:", " Paris.", [" Rome."])
+    e, _ = data.encode(enc, corpus.Split(qa=[qa]), block_size=10)
+    prompt, answers = e.qa[0]
+    assert len(prompt) + len(answers[0]) == 11 and answers[0][-1] == enc.eot_token
+
+
 def test_collate_shifts_and_masks():
     enc = data.get_tokenizer()
-    ex_qa = data.encode_qa(enc, "Who?", "Me.")
-    ex_text = data.encode_text(enc, "Hi there.")
+    e, _ = data.encode(enc, corpus.Split(texts=["Hi there."], qa=[corpus.QA("Who?", " Me.", [])]), 128)
+    ex_text, ex_qa = data.training_examples(e)
     x, y = data.collate([ex_qa, ex_text])
     toks, target = ex_qa
     n_prompt = target.index(True)
@@ -92,3 +129,28 @@ def test_collate_shifts_and_masks():
     assert y[0, -1].item() == enc.eot_token
     n = len(ex_text[0]) - 1
     assert y[1, :n].tolist() == ex_text[0][1:] and (y[1, n:] == data.IGNORE).all()
+
+
+@pytest.mark.parametrize("content,suffix,match", [
+    (None, ".txt", "does not exist"),
+    (b"", ".txt", "empty or only blank lines"),
+    (b"\n   \n\t\n", ".txt", "empty or only blank lines"),
+    (b"caf\xe9 au lait\n", ".txt", r"not UTF-8 text \(byte 3\)"),
+    (b'{"text": "ok"}\nnot json\n', ".jsonl", "line 2 is not valid JSON"),
+    (b'{"prompt": "Q"}\n', ".jsonl", 'line 1: expected a "text" field, or "prompt" and "answer"'),
+])
+def test_bad_files_get_one_line_errors(tmp_path, content, suffix, match):
+    path = tmp_path / f"forget{suffix}"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises((ValueError, FileNotFoundError), match=match) as e:
+        data.load_file(str(path), "--forget_file")
+    assert "--forget_file" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_load_file_formats(tmp_path):
+    (tmp_path / "a.txt").write_text("first line\n\nsecond line\n")
+    assert data.load_file(str(tmp_path / "a.txt"), "--x").texts == ["first line", "second line"]
+    (tmp_path / "b.jsonl").write_text('{"text": "t"}\n{"prompt": "P:", "answer": " A", "perturbed": [" B"]}\n')
+    s = data.load_file(str(tmp_path / "b.jsonl"), "--x")
+    assert s.texts == ["t"] and s.qa == [corpus.QA("P:", " A", [" B"])]

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import corpus
 import data
 import train
 from model import GPTConfig
@@ -12,14 +13,14 @@ TINY = train.TrainConfig(n_people=10, forget_frac=0.2, epochs=60, batch_size=8, 
 @pytest.fixture(scope="module")
 def tiny_run():
     enc = data.get_tokenizer()
-    corpus = data.make_corpus(seed=0, n_people=10, forget_frac=0.2)
-    people = data.split_examples(enc, corpus.forget) + data.split_examples(enc, corpus.retain)
-    return enc, corpus, train.train_model(people, TINY)
+    c = corpus.make_corpus(seed=0, n_people=10, forget_frac=0.2)
+    people = data.split_examples(enc, c.forget) + data.split_examples(enc, c.retain)
+    return enc, c, train.train_model(people, TINY)
 
 
 def test_a_tiny_model_learns_the_facts_it_saw_and_not_the_others(tiny_run):
-    enc, corpus, model = tiny_run
-    r = train.evaluate(model, corpus, enc)
+    enc, c, model = tiny_run
+    r = train.evaluate(model, c, enc)
     for split in ("forget", "retain"):
         assert r[split]["qa_acc"] >= 0.9 and r[split]["ma"] >= 0.9, (split, r[split])
     assert r["holdout"]["qa_acc"] <= 0.2  # never trained on: guessing
@@ -27,7 +28,7 @@ def test_a_tiny_model_learns_the_facts_it_saw_and_not_the_others(tiny_run):
 
 def test_oracle_never_sees_the_forget_split():
     enc = data.get_tokenizer()
-    c = data.make_corpus(n_people=20)
+    c = corpus.make_corpus(n_people=20)
     oracle = {tuple(t) for t, _ in train.training_examples(c, enc, "oracle")}
     base = {tuple(t) for t, _ in train.training_examples(c, enc, "base")}
     forget = {tuple(t) for t, _ in data.split_examples(enc, c.forget)}
@@ -35,7 +36,7 @@ def test_oracle_never_sees_the_forget_split():
 
 
 def test_checkpoint_round_trip_and_clear_errors(tiny_run, tmp_path):
-    enc, corpus, model = tiny_run
+    enc, c, model = tiny_run
     path = tmp_path / "base.pt"
     train.save_checkpoint(str(path), model, TINY, "base", {"note": 1})
     loaded, ckpt = train.load_checkpoint(str(path))

@@ -76,36 +76,30 @@ def test_npo_hand_computed():
 
 # ----------------------------------------------------------------------------- metrics on hand-made cases
 class Counting(torch.nn.Module):
-    """A fake language model that always predicts token + 1 (mod 10)."""
+    """A fake language model that is sure the next token is token + 1 (mod 10)."""
     transformer = type("T", (), {"h": []})()
 
     def forward(self, idx, cache=None):
-        return torch.nn.functional.one_hot((idx + 1) % 10, 10).float()
-
-    def generate(self, idx, n, temperature=0):
-        for _ in range(n):
-            idx = torch.cat([idx, (idx[:, -1:] + 1) % 10], 1)
-        return idx
-
-
-class Digits:
-    """A fake tokenizer: "1 2 3" -> [1, 2, 3]; <|endoftext|> is 9."""
-    eot_token = 9
-
-    def encode_ordinary(self, text):
-        return [int(c) for c in text.split()]
+        return 30 * torch.nn.functional.one_hot((idx + 1) % 10, 10).float()
 
 
 def test_memorization_accuracy_by_hand():
-    # tokens 1 2 3 5 <eot>: predictions 2 3 4 6 -> right, right, wrong, wrong
-    assert metrics.memorization_accuracy(Counting(), Digits(), ["1 2 3 5"]) == [0.5]
+    # tokens 1 2 3 5 9: predictions 2 3 4 6 -> right, right, wrong, wrong
+    assert metrics.memorization_accuracy(Counting(), [[1, 2, 3, 5, 9]]) == [0.5]
 
 
 def test_extraction_likelihood_by_hand():
-    # tokens 1 2 3 7 8 <eot=9>, n = 2. Prefix 1 -> 2 3 4 5 6: 1 of the suffix's 4 bigrams;
+    # tokens 1 2 3 7 8 9, n = 2. Prefix 1 -> 2 3 4 5 6: 1 of the suffix's 4 bigrams;
     # prefix 1 2 -> 0/3; prefix 1 2 3 -> 0/2; prefix 1 2 3 7 -> 8 9: 1/1. Mean = 1.25 / 4.
-    assert metrics.extraction_likelihood(Counting(), Digits(), ["1 2 3 7 8"], n=2) == [pytest.approx(0.3125)]
+    assert metrics.extraction_likelihood(Counting(), [[1, 2, 3, 7, 8, 9]], n=2) == [pytest.approx(0.3125)]
     assert metrics.ngram_overlap([1, 2, 3], [1, 2, 3], 2) == 1.0
+
+
+def test_qa_metrics_by_hand():
+    # prompt 1 2; true answer 3 4 (both predicted: p = 1 each), wrong answer 5 6 (p(5) = 0)
+    qa = [([1, 2], [[3, 4], [5, 6]]), ([1, 2], [[3, 7]])]  # the second: last token wrong, no perturbed
+    r, ratios = metrics.qa_metrics(Counting(), qa)
+    assert r["acc"] == 0.5 and ratios.shape == (1,) and ratios[0] < 1e-3
 
 
 def test_ks_pvalues_match_known_values():
@@ -125,3 +119,5 @@ def test_model_utility_is_a_harmonic_mean():
     r = dict(qa_prob=0.5, qa_acc=1.0, truth_ratio=0.75)  # 1 - R = 0.25
     assert metrics.model_utility([r]) == pytest.approx(3 / (2 + 1 + 4))
     assert metrics.model_utility([r, dict(qa_prob=0.5, qa_acc=0.0, truth_ratio=0.1)]) == 0.0
+    assert metrics.model_utility([dict(qa_prob=0.5, qa_acc=1.0, truth_ratio=None)]) == pytest.approx(2 / 3)
+    assert metrics.model_utility([dict(ma=0.3)]) is None

@@ -6,6 +6,7 @@ import signal
 import pytest
 import torch
 
+import corpus
 import data
 import report
 import train
@@ -21,7 +22,7 @@ def base_dir(tmp_path_factory):
     """A tiny base (forget + retain people) and oracle (retain people) in a temporary out/."""
     out = tmp_path_factory.mktemp("out")
     enc = data.get_tokenizer()
-    c = data.make_corpus(TINY.corpus_seed, TINY.n_people, TINY.forget_frac)
+    c = corpus.make_corpus(TINY.corpus_seed, TINY.n_people, TINY.forget_frac)
     for which, splits in (("base", [c.forget, c.retain]), ("oracle", [c.retain])):
         model = train.train_model([ex for s in splits for ex in data.split_examples(enc, s)], TINY)
         train.save_checkpoint(str(out / f"{which}.pt"), model, TINY, which, {})
@@ -35,7 +36,7 @@ def sha(path):
 @pytest.mark.parametrize("loss,adapter", [("ihl", "fila"), ("ga", "full")])
 def test_unlearning_forgets_and_never_touches_the_base(base_dir, tmp_path, loss, adapter):
     before = sha(base_dir / "base.pt")
-    cfg = unlearn.UnlearnConfig(loss=loss, adapter=adapter, lr=1e-2, epochs=4, batch_size=4, stop=False,
+    cfg = unlearn.UnlearnConfig(loss=loss, adapter=adapter, lr=1e-2, epochs=4, batch_size=4, no_stop=True,
                                 base_dir=str(base_dir), out=str(tmp_path / "run"))
     model, r = unlearn.run(cfg, log=lambda s: None)
     report.save_run(model, r)
@@ -63,7 +64,7 @@ def test_bad_flags_exit_with_one_line(capsys):
 
 
 def tiny_cfg(base_dir, out, **kw):
-    kw = dict(dict(loss="ihl", adapter="fila", lr=1e-2, epochs=3, batch_size=4, stop=False), **kw)
+    kw = dict(dict(loss="ihl", adapter="fila", lr=1e-2, epochs=3, batch_size=4, no_stop=True), **kw)
     return unlearn.UnlearnConfig(base_dir=str(base_dir), out=str(out), **kw)
 
 

@@ -1,0 +1,118 @@
+"""What to unlearn: the starting model, the data, and what to measure.
+
+- builtin_task: the built-in corpus (corpus.py) and its base model and oracle, trained on first use.
+- file_task: the user's own text, as in the paper's Training Data Extraction setting: --forget_file,
+  --retain_file, --holdout_file (plain text, one sequence per line, or JSONL; data.load_file), on a
+  GPT-2 checkpoint (--init_from, a Hugging Face folder or name) or on the built-in base model.
+unlearn.py only sees the Task, so the loop is the same for both.
+"""
+import copy
+import os
+from dataclasses import dataclass, field
+
+import corpus
+import data
+import metrics
+import train
+from model import GPT
+
+
+@dataclass
+class Task:
+    model: GPT                  # the starting model; its checkpoint on disk is only ever read
+    enc: object                 # the tiktoken Encoding that goes with it
+    forget: list                # training examples, (tokens, is_target), of the forget set D_f
+    retain: list                # training examples of D_r, sampled for the retain term
+    scored: dict                # split name -> data.Encoded, scored every epoch ("forget" first)
+    holdout: data.Encoded = None  # unseen data of the same kind: the stopping rule's thresholds
+    oracle_ratios: list = None  # truth ratios of a model trained without D_f (forget quality)
+    oracle_forget: dict = None  # that model's scores on the forget split
+    prompts: list = field(default_factory=list)  # token prompts whose greedy answers are shown
+    utility_splits: tuple = ()  # the splits model utility is computed on
+    hf_config: dict = None      # the Hugging Face config the model came from, for saving it back
+    hf_folder: str = None
+
+
+def load_base_and_oracle(base_dir, device, log):
+    """The built-in starting model and the oracle, trained first if they are not there yet."""
+    paths = {w: os.path.join(base_dir, f"{w}.pt") for w in ("base", "oracle")}
+    if missing := [w for w, p in paths.items() if not os.path.exists(p)]:
+        log(f"first use: training {' and '.join(missing)} into {base_dir}/ (about 35 s each on a 2-core CPU)")
+    for which in missing:
+        train.build(which, base_dir, device=device, log=log)
+    base, ckpt = train.load_checkpoint(paths["base"], device)
+    oracle, _ = train.load_checkpoint(paths["oracle"], device)
+    return base, oracle, ckpt
+
+
+def builtin_task(cfg, log):
+    model, oracle, ckpt = load_base_and_oracle(cfg.base_dir, cfg.device, log)
+    enc = data.get_tokenizer(ckpt["tokenizer"])
+    c = corpus.make_corpus(**ckpt["corpus"])
+    B = model.config.block_size
+    splits = {s: data.encode(enc, getattr(c, s), B)[0] for s in ("forget", "retain", "holdout", "general")}
+    scored = dict(splits, retain=data.encode(enc, corpus.people_subset(c.retain, cfg.eval_retain), B)[0])
+    oracle_forget, oracle_ratios = metrics.split_report(oracle, splits["forget"], None, cfg.device)
+    return Task(model, enc, forget=data.training_examples(splits["forget"]),
+                # D_r is everything the base model learned except D_f: the retain people and the
+                # general facts, exactly the oracle's training data (train.training_examples).
+                retain=data.training_examples(splits["retain"]) + data.training_examples(splits["general"]),
+                scored=scored, holdout=splits["holdout"], oracle_ratios=oracle_ratios.tolist(),
+                oracle_forget=oracle_forget, prompts=[splits["forget"].qa[0][0], splits["retain"].qa[0][0]],
+                utility_splits=("retain", "general"))
+
+
+def file_task(cfg, log):
+    if cfg.init_from:
+        model = GPT.from_pretrained(cfg.init_from).to(cfg.device).eval()
+        enc = data.get_tokenizer("gpt2", model.hf_folder)
+    else:
+        model, _, ckpt = load_base_and_oracle(cfg.base_dir, cfg.device, log)
+        enc = data.get_tokenizer(ckpt["tokenizer"])
+    if enc.n_vocab > model.config.vocab_size:
+        raise ValueError(f"the tokenizer has {enc.n_vocab} tokens but the model only {model.config.vocab_size}")
+    B = model.config.block_size
+    files = {name: data.load_file(path, f"--{name}_file") for name, path in
+             (("forget", cfg.forget_file), ("retain", cfg.retain_file), ("holdout", cfg.holdout_file)) if path}
+    if "retain" in files:
+        both = (set(files["retain"].texts) & set(files["forget"].texts)) | \
+               ({q.prompt + q.answer for q in files["retain"].qa} & {q.prompt + q.answer for q in files["forget"].qa})
+        if both:
+            log(f"warning: {len(both)} sequences of --retain_file are also in --forget_file: "
+                f"they are left out of the retain set")
+            r = files["retain"]
+            files["retain"] = corpus.Split(texts=[t for t in r.texts if t not in both],
+                                           qa=[q for q in r.qa if q.prompt + q.answer not in both])
+    elif cfg.retain_weight:
+        raise ValueError(f"--loss {cfg.loss} has a retain term: give --retain_file, or --retain_weight 0")
+    encoded, cut = {}, 0
+    for name, split in files.items():
+        encoded[name], n = data.encode(enc, split, B)
+        cut += n
+    if cut:
+        log(f"{cut} sequences are longer than the model's {B} tokens: cut into windows of {B}")
+    if "holdout" not in encoded:
+        log("no --holdout_file: no stopping rule (it compares the forget set with unseen data)")
+    scored = {name: e for name, e in encoded.items() if name != "holdout"}
+    if "retain" in scored and cfg.eval_retain > 0:  # score the first eval_retain sequences each epoch
+        r = scored["retain"]
+        scored["retain"] = data.Encoded(r.texts[:cfg.eval_retain], r.qa[:cfg.eval_retain])
+    prompts = [first_prompt(e) for e in scored.values()]
+    return Task(model, enc, forget=data.training_examples(encoded["forget"]),
+                retain=data.training_examples(encoded["retain"]) if "retain" in encoded else [],
+                scored=scored, holdout=encoded.get("holdout"), prompts=prompts,
+                utility_splits=tuple(s for s in ("retain",) if s in scored and scored[s].qa),
+                hf_config=getattr(model, "hf_config", None), hf_folder=getattr(model, "hf_folder", None))
+
+
+def first_prompt(encoded):
+    """A prompt to show the model's greedy answer to: the first question, or the first half of the
+    first text (at most 32 tokens)."""
+    if encoded.qa:
+        return encoded.qa[0][0]
+    t = encoded.texts[0]
+    return t[:min(32, max(1, len(t) // 2))]
+
+
+def build(cfg, log):
+    return file_task(cfg, log) if cfg.forget_file else builtin_task(cfg, log)
