@@ -20,10 +20,12 @@ from model import token_nll
 EPS = 1e-5  # ε of METHOD §4, in the importance ratio and in 1/(w + ε)
 
 
-def fisher_diagonal(model, batches, device="cpu"):
+def fisher_diagonal(model, batches, device="cpu", reduce=None):
     """{adapted layer name: F (out, in), float32} for the frozen weight W of every LoRALinear.
     `batches` yields lists of examples (data.collate). Gradients are taken with autograd.grad for
-    those weights only: one float32 accumulator per weight and no .grad buffers anywhere."""
+    those weights only: one float32 accumulator per weight and no .grad buffers anywhere.
+    `reduce` (e.g. ddp.all_reduce_sum) sums the accumulators and the token count over processes
+    that each saw a share of the batches, before the division."""
     layers = lora_layers(model)
     if not layers:
         raise ValueError("the model has no LoRA layers: call lora.add_lora first")
@@ -49,6 +51,10 @@ def fisher_diagonal(model, batches, device="cpu"):
         for w in weights:
             w.requires_grad_(False)
         model.train(was_training)
+    if reduce is not None:
+        for acc in fisher:
+            reduce(acc)
+        n_total = int(reduce(torch.tensor(float(n_total), device=fisher[0].device)).item())
     if n_total == 0:
         raise ValueError("no target tokens in the Fisher data")
     return {name: f / n_total for name, f in zip(layers, fisher)}

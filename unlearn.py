@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import data
+import ddp
 import fisher
 import lora
 import metrics
@@ -132,8 +133,9 @@ def add_adapters(model, cfg, forget, retain, log, init=True):
         if not retain:
             raise ValueError("--adapter fila needs retain data for the retain Fisher: give --retain_file")
         t0 = time.time()
-        f_forget = fisher.fisher_diagonal(model, data.batches(forget, 4), cfg.device)
-        f_retain = fisher.fisher_diagonal(model, data.batches(retain, 4), cfg.device)
+        mine = lambda examples: list(data.batches(examples, 4))[ddp.rank()::ddp.world()]  # this rank's batches
+        f_forget = fisher.fisher_diagonal(model, mine(forget), cfg.device, ddp.all_reduce_sum)
+        f_retain = fisher.fisher_diagonal(model, mine(retain), cfg.device, ddp.all_reduce_sum)
         log(f"Fisher on {len(forget)} forget and {len(retain)} retain sequences: {time.time() - t0:.1f}s")
         weights = fisher.init_adapters(model, "fila", f_forget, f_retain)
     elif cfg.adapter == "pissa":
@@ -178,20 +180,25 @@ def autocast(device):
 
 def train_step(model, ref, opt, params, forget_batch, retain_batch, cfg):
     """One update: the unlearning term on the forget batch + λ·NLL on a paired retain batch.
+    Under torchrun each rank takes its shard of both, weighted by its share (ddp.py).
     Returns (loss, None), or (loss, 'loss' | 'gradient') without updating if that is not finite."""
-    x, y = data.collate(forget_batch, cfg.device)
+    fb, rb = ddp.shard(forget_batch), ddp.shard(retain_batch)
+    loss = sum(p.sum() for p in params) * 0.0  # zero, in the graph: a rank with an empty shard still joins
     with autocast(cfg.device):
-        loss = forget_loss(model, ref, x, y, cfg)
-        if cfg.retain_weight:
-            xr, yr = data.collate(retain_batch, cfg.device)
-            loss = loss + cfg.retain_weight * lm_loss(model(xr), yr)
+        if fb:
+            x, y = data.collate(fb, cfg.device)
+            loss = loss + forget_loss(model, ref, x, y, cfg) * ddp.share(fb, forget_batch, cfg.loss != "npo")
+        if rb and cfg.retain_weight:
+            xr, yr = data.collate(rb, cfg.device)
+            loss = loss + cfg.retain_weight * lm_loss(model(xr), yr) * ddp.share(rb, retain_batch)
+    total = ddp.all_reduce_sum(loss.detach().clone())  # the global batch's loss
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss * ddp.world()).backward()  # DDP averages the ranks' gradients
     grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-    if not torch.isfinite(loss) or not torch.isfinite(grad_norm):  # GA can get here: never apply it
-        return loss.item(), "loss" if not torch.isfinite(loss) else "gradient"
+    if not torch.isfinite(total) or not torch.isfinite(grad_norm):  # GA can get here: never apply it
+        return total.item(), "loss" if not torch.isfinite(total) else "gradient"
     opt.step()
-    return loss.item(), None
+    return total.item(), None
 
 
 @contextlib.contextmanager
@@ -217,6 +224,7 @@ def ctrl_c_finishes_the_step(log):
 def run(cfg: UnlearnConfig, log=print, resume=None):
     """Unlearn; returns (model, results). `resume`: a state saved in a run folder's state.pt."""
     cfg = resolve(cfg)
+    log = log if ddp.rank() == 0 else (lambda line: None)
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     t_start = time.time()
@@ -241,19 +249,23 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
             lora.load_lora_state_dict(model, resume["weights"])
         rng.setstate(resume["rng"])
         log(f"resuming at epoch {pos['epoch']}, step {pos['step']}")
-    fwd = torch.compile(model) if cfg.compile else model  # same parameters, compiled forward
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     if resume is not None:
         opt.load_state_dict(resume["optimizer"])
+    fwd = ddp.wrap(torch.compile(model) if cfg.compile else model, params)  # same parameters
     thr, el = fixed["thresholds"], f"el{cfg.el_n}"
+    if ddp.world() > 1:
+        log(f"data parallel over {ddp.world()} processes: each takes 1/{ddp.world()} of every batch")
     log(f"{cfg.loss} + {cfg.adapter}: {sum(p.numel() for p in params):,} trainable parameters; " +
         (f"stop when forget MA < {thr['ma']:.3f} and EL{cfg.el_n} < {thr['el']:.3f} (holdout)" if thr else
          "no stopping rule (no holdout texts)"))
 
-    def save_state():  # everything needed to continue exactly where we are
-        report.save_state(cfg.out, dict(config=asdict(cfg), fixed=fixed, pos=pos, rng=rng.getstate(),
-                                         weights=report.trainable_state(model, cfg.adapter), optimizer=opt.state_dict()))
+    def save_state():  # everything needed to continue exactly where we are (rank 0 writes)
+        if ddp.rank() == 0:
+            report.save_state(cfg.out, dict(config=asdict(cfg), fixed=fixed, pos=pos, rng=rng.getstate(),
+                                             weights=report.trainable_state(model, cfg.adapter),
+                                             optimizer=opt.state_dict()))
 
     outcome, epoch_seconds, t_train = "finished", [], time.time()
     os.makedirs(cfg.out, exist_ok=True)
@@ -274,7 +286,7 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
                 pos["next"] += cfg.batch_size
                 pos["step"] += 1
                 pos["loss"] = loss
-                if interrupted:
+                if ddp.any_rank(interrupted):
                     outcome = f"interrupted at step {pos['step']}; continue with --resume {cfg.out}"
                     break
             if outcome != "finished":
@@ -330,18 +342,25 @@ def main(argv=None):
     try:
         state = report.load_resume(resume_from) if resume_from else None
         cfg = resolve(UnlearnConfig(**state["config"]) if state else UnlearnConfig(**a))
-        report.check_writable(cfg.out)
-        print(json.dumps(asdict(cfg)))
+        cfg.device = ddp.setup(cfg.device)
+        main_rank = ddp.rank() == 0
+        if main_rank:
+            report.check_writable(cfg.out)
+            print(json.dumps(asdict(cfg)))
         model, results = run(cfg, resume=state)
-        report.save_run(model, results)
-        if cfg.save_merged:
-            report.save_merged(model, os.path.join(cfg.out, "hf"))
+        if main_rank:
+            report.save_run(model, results)
+            if cfg.save_merged:
+                report.save_merged(model, os.path.join(cfg.out, "hf"))
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         sys.exit(f"error: {e}")
-    print(report.summary(results))
-    print(f"saved to {cfg.out}/: config.json, metrics.json, timing.json, "
-          f"{'model' if cfg.adapter == 'full' else 'adapter'}.pt, state.pt, plot.png" +
-          (", hf/ (the merged model)" if cfg.save_merged else ""))
+    finally:
+        ddp.finish()
+    if main_rank:
+        print(report.summary(results))
+        print(f"saved to {cfg.out}/: config.json, metrics.json, timing.json, "
+              f"{'model' if cfg.adapter == 'full' else 'adapter'}.pt, state.pt, plot.png" +
+              (", hf/ (the merged model)" if cfg.save_merged else ""))
     if results["outcome"].startswith("interrupted"):
         sys.exit(130)
     if results["outcome"].startswith("stopped"):

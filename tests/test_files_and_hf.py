@@ -105,3 +105,13 @@ def test_matches_transformers_after_export(hf_folder, tmp_path):
     x = torch.randint(0, 1700, (2, 20))
     with torch.no_grad():
         assert (hf(x).logits - model(x)).abs().max() < 1e-4
+
+
+def test_tokenizer_larger_than_the_model_is_a_clear_error(tmp_path):
+    from test_model import hf_state_dict, write_hf_checkpoint
+    folder = write_hf_checkpoint(tmp_path / "small", hf_state_dict(vocab=100), vocab=100)
+    write_vocab_json(data.get_tokenizer(), folder / "vocab.json")  # 1744 tokens for a 100-token model
+    (tmp_path / "f.txt").write_text("Bio: someone.\n")
+    with pytest.raises(SystemExit, match="the tokenizer has 1744 tokens but the model only 100"):
+        unlearn.main(["--init_from", str(folder), "--forget_file", str(tmp_path / "f.txt"), "--loss", "ga",
+                      "--adapter", "lora", "--out", str(tmp_path / "run")])

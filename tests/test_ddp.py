@@ -1,0 +1,46 @@
+"""torchrun with 2 processes (gloo, CPU) gives the same metrics and adapter as one process with
+the same global batch, up to float summation order."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from test_unlearn_run import base_dir  # noqa: F401  (the tiny base and oracle fixture)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def numbers(obj):
+    """Every number in a nested JSON value, in order."""
+    if isinstance(obj, dict):
+        return [x for k in sorted(obj) for x in numbers(obj[k])]
+    if isinstance(obj, list):
+        return [x for v in obj for x in numbers(v)]
+    return [float(obj)] if isinstance(obj, (int, float)) and not isinstance(obj, bool) else []
+
+
+@pytest.mark.parametrize("adapter", ["fila"])
+def test_two_processes_match_one(base_dir, tmp_path, adapter):  # noqa: F811
+    args = ["unlearn.py", "--base_dir", str(base_dir), "--epochs", "2", "--batch_size", "4", "--lr", "1e-2",
+            "--no_stop", "--adapter", adapter, "--device", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          *args, "--out", str(tmp_path / "two")], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("saved to") == 1  # only rank 0 prints and writes
+    assert "data parallel over 2 processes" in two.stdout
+    m1, m2 = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("one", "two"))
+    for key in ("history", "end", "start"):
+        a, b = numbers(m1[key]), numbers(m2[key])
+        assert len(a) == len(b) and max(abs(x - y) for x, y in zip(a, b)) < 1e-4, key
+    w1, w2 = (torch.load(tmp_path / r / "adapter.pt", weights_only=True) for r in ("one", "two"))
+    assert w1.keys() == w2.keys()
+    diff = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+    print(f"largest adapter difference {diff:.2e}")
+    assert diff < 1e-5
