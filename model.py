@@ -261,13 +261,13 @@ def _resolve_checkpoint(path):
         if not os.path.exists(os.path.join(path, "config.json")):
             raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face GPT-2 folder)")
         return path
-    hint = (f"put config.json and model.safetensors from https://huggingface.co/{path} "
+    hint = (f"put config.json, model.safetensors and vocab.json from https://huggingface.co/{path} "
             f"into a folder and pass its path")
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise FileNotFoundError(f"{path!r} is not a folder and huggingface_hub is not installed: {hint}") from None
     try:
-        return snapshot_download(path, allow_patterns=["config.json", "model.safetensors"])
+        return snapshot_download(path, allow_patterns=["config.json", "model.safetensors", "vocab.json"])
     except Exception as e:
         raise FileNotFoundError(f"could not download {path!r} ({type(e).__name__}): {hint}") from None
