@@ -6,7 +6,6 @@
   GPT-2 checkpoint (--init_from, a Hugging Face folder or name) or on the built-in base model.
 unlearn.py only sees the Task, so the loop is the same for both.
 """
-import copy
 import os
 from dataclasses import dataclass, field
 
@@ -33,13 +32,14 @@ class Task:
     hf_folder: str = None
 
 
-def load_base_and_oracle(base_dir, device, log):
-    """The built-in starting model and the oracle, trained first if they are not there yet."""
+def load_base_and_oracle(base_dir, device, log, train_cfg=None):
+    """The built-in starting model and the oracle, trained first (with train_cfg, default
+    train.TrainConfig()) if they are not there yet."""
     paths = {w: os.path.join(base_dir, f"{w}.pt") for w in ("base", "oracle")}
     if missing := [w for w, p in paths.items() if not os.path.exists(p)]:
         log(f"first use: training {' and '.join(missing)} into {base_dir}/ (about 35 s each on a 2-core CPU)")
     for which in missing:
-        train.build(which, base_dir, device=device, log=log)
+        train.build(which, base_dir, train_cfg, device=device, log=log)
     base, ckpt = train.load_checkpoint(paths["base"], device)
     oracle, _ = train.load_checkpoint(paths["oracle"], device)
     return base, oracle, ckpt

@@ -13,7 +13,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -34,6 +34,11 @@ class TrainConfig:
     lr: float = 2e-3           # AdamW peak learning rate; 3e-3 and up sometimes never learn the QA
     warmup_steps: int = 30     # linear warm-up, then cosine decay to 0: facts settle as lr falls
     model: GPTConfig = field(default_factory=GPTConfig)
+
+
+# A quicker corpus and model for the notebooks and for trying things: 40 people (4 to forget), one
+# block 128 wide; base and oracle in ~8 s each, 100% forget/retain QA accuracy (seeds 0 and 1 measured).
+SMALL = TrainConfig(n_people=40, epochs=40, lr=3e-3, model=GPTConfig(n_layer=1, n_head=4, n_embd=128, block_size=64))
 
 
 def training_examples(c, enc, which):
@@ -135,8 +140,11 @@ if __name__ == "__main__":
     p.add_argument("--which", nargs="+", choices=["base", "oracle"], default=["base", "oracle"],
                    help="which models to train")
     p.add_argument("--out", default="out", help="folder for the checkpoints")
-    p.add_argument("--epochs", type=int, default=TrainConfig.epochs, help="passes over the data")
+    p.add_argument("--epochs", type=int, help=f"passes over the data (default {TrainConfig.epochs})")
     p.add_argument("--seed", type=int, default=0, help="model initialisation and batch order")
+    p.add_argument("--small", action="store_true", help="the SMALL preset: 40 people, 1 x 128 (~8 s per model)")
     a = p.parse_args()
+    cfg = replace(SMALL if a.small else TrainConfig(), seed=a.seed)
+    cfg = replace(cfg, epochs=a.epochs) if a.epochs is not None else cfg
     for w in a.which:
-        build(w, a.out, TrainConfig(epochs=a.epochs, seed=a.seed))
+        build(w, a.out, cfg)
