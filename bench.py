@@ -1,5 +1,6 @@
 """Benchmarks and checks behind the figures in the README. Each prints what it measured.
 
+    python bench.py step           # one training step, full fine-tuning vs LoRA, against the matmul peak
     python bench.py fisher         # Fisher pass vs a forward+backward epoch; FILA / PiSSA init time
     python bench.py faults --n 20  # SIGKILL unlearn.py at random moments; are all files whole? resume?
 """
@@ -46,6 +47,125 @@ def fwd_bwd_epoch(model, batches):
     for batch in batches:
         x, y = data.collate(batch)
         lm_loss(model(x), y).backward()
+
+
+def matmul_peak(n=2048, repeat=10):
+    """This machine's dense float32 matmul rate, GFLOP/s: the best of `repeat` n x n x n products."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    return 2 * n**3 / timed(lambda: a @ b, repeat) / 1e9
+
+
+def step_flops(cfg, B, T, r, lora_on):
+    """FLOPs of one training step, counted by hand (a matmul is 2·m·n·k):
+    - forward: the block Linears, 12·C² multiply-adds per token and layer; the head, V·C; attention,
+      the causal half of QKᵀ and of AV: T·C per token and layer;
+    - backward, activation gradients: as much again for the Linears and the head, twice the forward
+      for attention (dQ, dK, dV and dP);
+    - backward, weight gradients: the Linears and the (tied) head once more, but only when they train:
+      with LoRA none of them do, only A and B;
+    - LoRA's own path x·Aᵀ·Bᵀ, r·(in + out) per adapted matrix (6 per layer): forward, input
+      gradient and A/B gradients, 3 times.
+    Embedding lookups, normalisations, activations, softmax and the optimizer are not counted."""
+    N, C, L, V = B * T, cfg.n_embd, cfg.n_layer, cfg.vocab_size
+    dense, attn = 12 * C * C * L + V * C, T * C * L
+    flops = 2 * N * dense + 2 * N * attn              # forward
+    flops += 2 * N * dense + 4 * N * attn             # activation gradients
+    if not lora_on:
+        return flops + 2 * N * dense                  # weight gradients
+    adapter = r * (4 * 2 * C + 2 * 5 * C) * L
+    return flops + 3 * 2 * N * adapter
+
+
+def measure_step(model, params, x, y, repeat):
+    """Median seconds of forward + backward + AdamW step, after two warm-up steps."""
+    opt = torch.optim.AdamW(params, lr=1e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        lm_loss(model(x), y).backward()
+        opt.step()
+    times = [timed(step) for _ in range(repeat + 2)][2:]
+    return sorted(times)[len(times) // 2]
+
+
+def hf_peft_step(cfg, rank, x, y, repeat):
+    """The same step through transformers' GPT2LMHeadModel + peft LoRA on the same weights (GPT-2's
+    fused c_attn gets one adapter there: peft adapts the module that holds q, k and v)."""
+    import transformers
+    from peft import LoraConfig, get_peft_model
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, vocab_size=cfg.vocab_size,
+        n_positions=cfg.block_size, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+    hf = get_peft_model(hf, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["c_attn", "c_proj", "c_fc"],
+                                       lora_dropout=0.0, fan_in_fan_out=True))
+    params = [p for p in hf.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        hf(input_ids=x, labels=x).loss.backward()
+        opt.step()
+    times = [timed(step) for _ in range(repeat + 2)][2:]
+    return sorted(times)[len(times) // 2], sum(p.numel() for p in params)
+
+
+SHAPES = {"default": (GPTConfig(), 16, 64), "gpt2": (GPT2_SMALL, 4, 128)}  # config, B, T
+MALLOC = dict(MALLOC_MMAP_THRESHOLD_="4294967296", MALLOC_TRIM_THRESHOLD_="4294967296")
+
+
+def step_one(shape, mode, rank, repeat):
+    """One measurement, in its own process so that its peak memory is its own: prints JSON."""
+    cfg, B, T = SHAPES[shape]
+    torch.manual_seed(0)
+    x = torch.randint(0, cfg.vocab_size, (B, T))
+    y = torch.roll(x, -1, 1)
+    if mode == "peft":
+        t, n = hf_peft_step(cfg, rank, x, y, repeat)
+    else:
+        model = GPT(cfg)
+        if mode == "lora":
+            lora.add_lora(model, rank, 2 * rank)
+        params = [p for p in model.parameters() if p.requires_grad]
+        t, n = measure_step(model, params, x, y, repeat), sum(p.numel() for p in params)
+    print(json.dumps(dict(seconds=t, trainable=n)))
+
+
+def bench_step(args):
+    """Step time of full fine-tuning, our LoRA and (--peer) transformers + peft LoRA, each in a fresh
+    process (peak resident memory from os.wait4), against this machine's matmul peak."""
+    peak = matmul_peak()
+    env = dict(os.environ, **(MALLOC if args.malloc else {}))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rank {args.rank}; dense float32 matmul "
+          f"peak {peak:.0f} GFLOP/s; glibc malloc {'keeps freed memory (--malloc)' if args.malloc else 'default'}")
+    print(f"{'model':14s}{'B x T':>8s}{'mode':>6s}{'trainable':>13s}{'step':>9s}{'tokens/s':>10s}{'GFLOP/step':>12s}"
+          f"{'GFLOP/s':>9s}{'of peak':>9s}{'peak RSS':>10s}")
+    for shape, (cfg, B, T) in SHAPES.items():
+        ours = None
+        for mode in ("full", "lora") + (("peft",) if args.peer else ()):
+            code, out, err, rss = run_child([sys.executable, __file__, "step_one", "--shape", shape, "--mode", mode,
+                                             "--rank", str(args.rank), "--repeat", str(args.repeat)], env)
+            if code != 0:
+                print(f"{shape:14s}{mode:>14s}: failed ({err.strip().splitlines()[-1]})")
+                continue
+            r = json.loads(out.strip().splitlines()[-1])
+            t, flops = r["seconds"], step_flops(cfg, B, T, args.rank, mode != "full")
+            ours = t if mode == "lora" else ours
+            ratio = f"   ours/peft: {ours / t:.2f} ({t / ours:.2f}x faster)" if mode == "peft" and ours else ""
+            print(f"{shape:14s}{f'{B}x{T}':>8s}{mode:>6s}{r['trainable']:13,}{t * 1000:8.0f}ms{B * T / t:10,.0f}"
+                  f"{flops / 1e9:12.1f}{flops / t / 1e9:9.0f}{flops / t / 1e9 / peak:9.0%}{rss:9.0f}M{ratio}")
+
+
+def run_child(cmd, env):
+    """Run a command -> (exit code, stdout, stderr, its peak resident memory in MiB): os.wait4 reports
+    the child's own peak (ru_maxrss, KiB on Linux)."""
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env, text=True)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped: Popen must not wait again
+        err.seek(0)
+        return proc.returncode, out, err.read(), usage.ru_maxrss / 1024
 
 
 def bench_fisher(args):
@@ -131,11 +251,19 @@ def bench_faults(args):
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["fisher", "faults"], help="which benchmark")
+    p.add_argument("what", choices=["step", "step_one", "fisher", "faults"], help="which benchmark")
+    p.add_argument("--shape", choices=list(SHAPES), help="step_one: which model")
+    p.add_argument("--mode", choices=["full", "lora", "peft"], help="step_one: what to train")
+    p.add_argument("--malloc", action="store_true", help="step: let glibc keep freed memory (no page faults)")
+    p.add_argument("--repeat", type=int, default=5, help="step: timed steps (the median is reported)")
+    p.add_argument("--peer", action="store_true", help="step: also time transformers + peft, if installed")
     p.add_argument("--rank", type=int, default=4, help="LoRA rank")
     p.add_argument("--gpt2_batches", type=int, default=8, help="batches (of 4 x 128 tokens) at GPT-2 shape")
     p.add_argument("--n", type=int, default=20, help="faults: how many runs to kill")
     p.add_argument("--epochs", type=int, default=3, help="faults: epochs of each unlearning run")
     p.add_argument("--seed", type=int, default=0, help="faults: when to kill")
     args = p.parse_args()
-    {"fisher": bench_fisher, "faults": bench_faults}[args.what](args)
+    if args.what == "step_one":
+        step_one(args.shape, args.mode, args.rank, args.repeat)
+    else:
+        {"step": bench_step, "fisher": bench_fisher, "faults": bench_faults}[args.what](args)

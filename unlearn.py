@@ -116,20 +116,21 @@ def resolve(cfg):
     return cfg
 
 
-def add_adapters(model, cfg, forget, retain, log, init=True):
-    """Full fine-tuning, or LoRA on every block's linear layers with the chosen initialisation
-    (init=False: bare adapters, for --resume to load saved ones into)."""
+def add_adapters(model, cfg, forget, retain, log, saved=None):
+    """Full fine-tuning, or LoRA on every block's linear layers initialised as cfg.adapter says;
+    resuming, the saved weights instead (residual inits are re-applied from them, see lora.py)."""
     if cfg.adapter == "full":
-        return model.requires_grad_(True), {}
+        if saved is not None:
+            model.load_state_dict(saved)
+        return model.requires_grad_(True)
     smallest = min(min(m.weight.shape) for name, m in model.named_modules() if name.endswith(
         tuple(lora.TARGETS.values())))
     if cfg.rank > smallest:
         raise ValueError(f"--rank {cfg.rank} exceeds the smallest adapted layer dimension; use --rank <= {smallest}")
     lora.add_lora(model, cfg.rank, cfg.alpha)
-    weights = {}
-    if not init:
-        return model, weights
-    if cfg.adapter == "fila":  # Fisher on forget and on retain, batches of 4 as the authors (METHOD §3)
+    if saved is not None:
+        lora.load_lora_state_dict(model, saved)
+    elif cfg.adapter == "fila":  # Fisher on forget and on retain, batches of 4 as the authors (METHOD §3)
         if not retain:
             raise ValueError("--adapter fila needs retain data for the retain Fisher: give --retain_file")
         t0 = time.time()
@@ -137,10 +138,10 @@ def add_adapters(model, cfg, forget, retain, log, init=True):
         f_forget = fisher.fisher_diagonal(model, mine(forget), cfg.device, ddp.all_reduce_sum)
         f_retain = fisher.fisher_diagonal(model, mine(retain), cfg.device, ddp.all_reduce_sum)
         log(f"Fisher on {len(forget)} forget and {len(retain)} retain sequences: {time.time() - t0:.1f}s")
-        weights = fisher.init_adapters(model, "fila", f_forget, f_retain)
+        fisher.init_adapters(model, "fila", f_forget, f_retain)
     elif cfg.adapter == "pissa":
         fisher.init_adapters(model, "pissa")
-    return model, weights
+    return model
 
 
 def evaluate(model, task, cfg):
@@ -238,17 +239,12 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
         fixed = dict(thresholds=dict(ma=holdout["ma"], el=holdout[f"el{cfg.el_n}"]) if "ma" in holdout else None,
                      start_ratios=None if start_ratios is None else start_ratios.tolist(),
                      before=[greedy_answer(model, enc, p, cfg.device) for p in task.prompts])
-        model, _ = add_adapters(model, cfg, forget, retain, log)
         pos = dict(epoch=1, step=0, order=None, next=0, stopped=None, history=[dict(epoch=0, step=0, **start)])
     else:
         fixed, pos = resume["fixed"], resume["pos"]
-        model, _ = add_adapters(model, cfg, forget, retain, log, init=False)
-        if cfg.adapter == "full":
-            model.load_state_dict(resume["weights"])
-        else:
-            lora.load_lora_state_dict(model, resume["weights"])
         rng.setstate(resume["rng"])
         log(f"resuming at epoch {pos['epoch']}, step {pos['step']}")
+    model = add_adapters(model, cfg, forget, retain, log, resume and resume["weights"])
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     if resume is not None:
@@ -267,7 +263,7 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
                                              weights=report.trainable_state(model, cfg.adapter),
                                              optimizer=opt.state_dict()))
 
-    outcome, epoch_seconds, t_train = "finished", [], time.time()
+    outcome, epoch_seconds, step_seconds, t_train = "finished", [], 0.0, time.time()
     os.makedirs(cfg.out, exist_ok=True)
     with ctrl_c_finishes_the_step(log) as interrupted:
         while pos["epoch"] <= cfg.epochs and outcome == "finished":
@@ -278,7 +274,9 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
             while pos["next"] < len(forget):
                 batch = [forget[i] for i in pos["order"][pos["next"]:pos["next"] + cfg.batch_size]]
                 paired = rng.sample(retain, len(batch)) if retain else []
+                t_step = time.perf_counter()
                 loss, bad = train_step(fwd, ref, opt, params, batch, paired, cfg)
+                step_seconds += time.perf_counter() - t_step
                 if bad:
                     outcome = f"stopped: non-finite {bad} at step {pos['step'] + 1}; the weights are those of " \
                               f"step {pos['step']} (that update was not applied)"
@@ -325,7 +323,7 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
         end=dict(forget_quality=ks(pos.get("ratios", fixed["start_ratios"])), model_utility=utility(end)),
         generations=[dict(prompt=enc.decode(p), before=b, after=greedy_answer(model, enc, p, cfg.device))
                      for p, b in zip(task.prompts, fixed["before"])],
-        history=pos["history"], seconds=time.time() - t_start, epoch_seconds=epoch_seconds)
+        history=pos["history"], seconds=time.time() - t_start, epoch_seconds=epoch_seconds, step_seconds=step_seconds)
     return model, results
 
 
