@@ -89,7 +89,7 @@ def measure_step(model, params, x, y, repeat):
     return sorted(times)[len(times) // 2]
 
 
-def hf_peft_step(cfg, rank, x, y, repeat):
+def hf_peft_step(cfg, rank, x, repeat):
     """The same step through transformers' GPT2LMHeadModel + peft LoRA on the same weights (GPT-2's
     fused c_attn gets one adapter there: peft adapts the module that holds q, k and v)."""
     import transformers
@@ -121,7 +121,7 @@ def step_one(shape, mode, rank, repeat):
     x = torch.randint(0, cfg.vocab_size, (B, T))
     y = torch.roll(x, -1, 1)
     if mode == "peft":
-        t, n = hf_peft_step(cfg, rank, x, y, repeat)
+        t, n = hf_peft_step(cfg, rank, x, repeat)
     else:
         model = GPT(cfg)
         if mode == "lora":
@@ -174,7 +174,8 @@ def bench_fisher(args):
     torch.manual_seed(0)
     enc = data.get_tokenizer()
     c = corpus.make_corpus()
-    examples = data.split_examples(enc, c.forget) + data.split_examples(enc, c.retain)
+    B = GPTConfig().block_size
+    examples = data.split_examples(enc, c.forget, B) + data.split_examples(enc, c.retain, B)
     shapes = [("built-in default (1 x 256)", GPTConfig(), list(data.batches(examples, 4))),
               ("GPT-2 small shape (12 x 768)", GPT2_SMALL, random_batches(GPT2_SMALL, args.gpt2_batches, 4, 128))]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, rank {args.rank}, batches of 4")

@@ -17,8 +17,8 @@ import tiktoken
 import torch
 
 import corpus
+from model import IGNORE  # the label of positions that never count in a loss (prompts, padding)
 
-IGNORE = -100  # label of positions that never count in a loss (prompts, padding); see model.token_nll
 HERE = os.path.dirname(os.path.abspath(__file__))
 VOCAB_FILE = os.path.join(HERE, "assets", "fictitious.tiktoken")
 # GPT-2's pre-tokenizer: words, numbers and punctuation become separate chunks before BPE.
@@ -141,7 +141,7 @@ def training_examples(encoded):
         [(p + a[0], [False] * len(p) + [True] * len(a[0])) for p, a in encoded.qa]
 
 
-def split_examples(enc, split, block_size=128):
+def split_examples(enc, split, block_size):
     """Training examples of a corpus split, in one call."""
     return training_examples(encode(enc, split, block_size)[0])
 
@@ -171,6 +171,8 @@ def load_file(path, flag):
         if isinstance(obj, dict) and isinstance(obj.get("text"), str):
             split.texts.append(obj["text"])
         elif isinstance(obj, dict) and isinstance(obj.get("prompt"), str) and isinstance(obj.get("answer"), str):
+            if not isinstance(obj.get("perturbed", []), list):
+                raise ValueError(f'{flag} {path} line {n}: "perturbed" must be a list of wrong answers')
             split.qa.append(corpus.QA(obj["prompt"], obj["answer"], [str(w) for w in obj.get("perturbed", [])]))
         else:
             raise ValueError(f'{flag} {path} line {n}: expected a "text" field, or "prompt" and "answer"')

@@ -54,7 +54,7 @@ def fisher_diagonal(model, batches, device="cpu", reduce=None):
     if reduce is not None:
         for acc in fisher:
             reduce(acc)
-        n_total = int(reduce(torch.tensor(float(n_total), device=fisher[0].device)).item())
+        n_total = int(reduce(torch.tensor(n_total, dtype=torch.long, device=fisher[0].device)).item())
     if n_total == 0:
         raise ValueError("no target tokens in the Fisher data")
     return {name: f / n_total for name, f in zip(layers, fisher)}
@@ -110,7 +110,7 @@ def init_adapters(model, method, fisher_forget=None, fisher_retain=None, randomi
             B, A = weighted_lowrank(W, torch.ones(W.shape[0], device=W.device), m.rank, m.scaling, eps=0.0,
                                     randomized=randomized)
         else:
-            if fisher_forget is None or name not in fisher_forget or name not in fisher_retain:
+            if fisher_forget is None or fisher_retain is None or name not in fisher_forget or name not in fisher_retain:
                 raise ValueError(f"FILA needs the forget and retain Fisher of {name}")
             w = row_importance(fisher_forget[name], fisher_retain[name])
             if not (w > 0).any():

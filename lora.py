@@ -119,10 +119,10 @@ def load_lora_state_dict(model, sd):
     if extra := {k for k in sd if k.rsplit(".", 1)[0] not in layers}:
         raise ValueError(f"adapter file has unexpected entries {sorted(extra)[:3]}")
     for name, m in layers.items():
+        if m.A.shape != sd[f"{name}.A"].shape or m.B.shape != sd[f"{name}.B"].shape:
+            raise ValueError(f"adapter {name} has rank {sd[f'{name}.A'].shape[0]}, the model {m.rank}")
         if f"{name}.A0" in sd:
             m.init_residual(sd[f"{name}.B0"], sd[f"{name}.A0"])
-        if m.A.shape != sd[f"{name}.A"].shape:
-            raise ValueError(f"adapter {name} has rank {sd[f'{name}.A'].shape[0]}, the model {m.rank}")
         m.A.copy_(sd[f"{name}.A"])
         m.B.copy_(sd[f"{name}.B"])
 

@@ -56,7 +56,7 @@ def qa_metrics(model, qa, batch_size=128, device="cpu"):
 
 @torch.no_grad()
 def extraction_likelihood(model, texts, n=4, device="cpu", chunk=128):
-    """EL_n per text (token lists). Every prefix of a text ends, after its greedy continuation, at the
+    """EL_n per text (token lists; None for a text too short to have one). Every prefix of a text ends, after its greedy continuation, at the
     text's own length, so all prefixes ("rows") run in lockstep over positions p = 0, 1, ...: at
     p + 1 a row is fed the true token while still inside its prefix, else its own greedy prediction.
     With the key/value cache that is one single-token forward per position, for all rows at once."""
@@ -73,7 +73,7 @@ def extraction_likelihood(model, texts, n=4, device="cpu", chunk=128):
             gen[:, p + 1] = torch.where(p + 1 < prefix, true[:, p + 1], nxt)
         for (i, t), g in zip(part, gen.tolist()):
             scores[i].append(ngram_overlap(g[t:len(texts[i])], texts[i][t:], n))
-    return [sum(s) / len(s) if s else 0.0 for s in scores]
+    return [sum(s) / len(s) if s else None for s in scores]  # None: too short for an n-gram suffix
 
 
 def ngram_overlap(generated, truth, n):
@@ -126,8 +126,9 @@ def split_report(model, split, el_n=None, device="cpu"):
         report.update(qa_acc=qa["acc"], qa_prob=qa["prob"], truth_ratio=qa["truth_ratio"])
     if split.texts:
         report["ma"] = float(np.mean(memorization_accuracy(model, split.texts, device=device)))
-        if el_n:
-            report[f"el{el_n}"] = float(np.mean(extraction_likelihood(model, split.texts, el_n, device)))
+        el = [v for v in extraction_likelihood(model, split.texts, el_n, device) if v is not None] if el_n else []
+        if el:  # texts shorter than n + 1 tokens have no EL_n and are left out of the mean
+            report[f"el{el_n}"] = float(np.mean(el))
     model.train(was_training)
     return report, ratios
 

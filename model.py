@@ -162,8 +162,15 @@ class GPT(nn.Module):
         return model
 
     def hf_files(self, hf_config=None):
-        """{file name: bytes} of this model as a Hugging Face GPT-2 folder; see _hf_files."""
-        return _hf_files(self, hf_config)
+        """{file name: bytes} of a Hugging Face GPT-2 folder (config.json, model.safetensors). hf_config:
+        the config.json this model was loaded from, kept as it was (else a plain GPT-2 config)."""
+        from safetensors.torch import save
+        c = self.config
+        cfg = dict(hf_config or dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], activation_function="gelu_new",
+                                     n_inner=None, tie_word_embeddings=True),
+                   n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, vocab_size=c.vocab_size,
+                   n_positions=c.block_size, layer_norm_epsilon=c.ln_eps)
+        return {"config.json": json.dumps(cfg, indent=2).encode(), "model.safetensors": save(ours_to_hf(self))}
 
 
 def token_nll(logits, targets):
@@ -190,7 +197,7 @@ def hf_to_ours(sd, cfg):
     """Hugging Face GPT-2 state dict -> ours. Conv1D stores weights as (in, out): transpose to
     nn.Linear's (out, in); split the fused c_attn into q, k, v. Missing or extra keys are named."""
     sd = {k.removeprefix("transformer."): v for k, v in sd.items() if not k.endswith(HF_BUFFERS)}
-    if "lm_head.weight" in sd and not torch.equal(sd.pop("lm_head.weight"), sd.get("wte.weight")):
+    if "lm_head.weight" in sd and "wte.weight" in sd and not torch.equal(sd.pop("lm_head.weight"), sd["wte.weight"]):
         raise ValueError("checkpoint has an untied lm_head.weight; GPT-2 ties it to wte.weight")
     out, used = {}, set()
 
@@ -223,26 +230,14 @@ def ours_to_hf(model):
     sd, cfg = model.state_dict(), model.config
     out = {f"transformer.{k}": sd[f"transformer.{k}"] for k in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias")}
     for i in range(cfg.n_layer):
-        h, o = f"transformer.h.{i}.", f"transformer.h.{i}."
+        h = f"transformer.h.{i}."  # the same prefix in both layouts
         for ln in ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"):
-            out[h + ln] = sd[o + ln]
-        out[h + "attn.c_attn.weight"] = torch.cat([sd[o + f"attn.{n}.weight"] for n in ("c_q", "c_k", "c_v")]).t()
-        out[h + "attn.c_attn.bias"] = torch.cat([sd[o + f"attn.{n}.bias"] for n in ("c_q", "c_k", "c_v")])
+            out[h + ln] = sd[h + ln]
+        out[h + "attn.c_attn.weight"] = torch.cat([sd[h + f"attn.{n}.weight"] for n in ("c_q", "c_k", "c_v")]).t()
+        out[h + "attn.c_attn.bias"] = torch.cat([sd[h + f"attn.{n}.bias"] for n in ("c_q", "c_k", "c_v")])
         for m in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
-            out[h + m + ".weight"], out[h + m + ".bias"] = sd[o + m + ".weight"].t(), sd[o + m + ".bias"]
+            out[h + m + ".weight"], out[h + m + ".bias"] = sd[h + m + ".weight"].t(), sd[h + m + ".bias"]
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
-
-
-def _hf_files(model, hf_config=None):
-    """{file name: bytes} of a Hugging Face GPT-2 folder (config.json, model.safetensors). hf_config:
-    the config.json this model was loaded from, kept as it was (else a plain GPT-2 config)."""
-    from safetensors.torch import save
-    c = model.config
-    cfg = dict(hf_config or dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], activation_function="gelu_new",
-                                 n_inner=None, tie_word_embeddings=True),
-               n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, vocab_size=c.vocab_size, n_positions=c.block_size,
-               layer_norm_epsilon=c.ln_eps)
-    return {"config.json": json.dumps(cfg, indent=2).encode(), "model.safetensors": save(ours_to_hf(model))}
 
 
 def _read_weights(path):

@@ -27,31 +27,29 @@ COLUMNS = [  # (key, header, format)
     ("trainable", "trainable params", "{:,.0f}"), ("ms_per_step", "ms / step", "{:.0f}"), ("peak_mb", "peak MiB", "{:.0f}")]
 
 
-def peak_memory():
-    """(reset, read) for this process's peak resident memory in MiB: Linux lets a process reset its
-    high-water mark (VmHWM) by writing 5 to /proc/self/clear_refs. Elsewhere: None."""
-    def read():
-        try:
-            return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
-        except OSError:
-            return None
+def peak_mib():
+    """This process's peak resident memory (VmHWM), MiB; None where /proc is not Linux's."""
+    try:
+        return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return None
 
-    def reset():
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            pass
-        return read()
-    return reset, read
+
+def reset_peak_mib():
+    """Reset the peak to the current resident memory (Linux: write 5 to /proc/self/clear_refs); returns it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return peak_mib()
 
 
 def one_run(loss, adapter, seed, epochs, out):
-    reset, read = peak_memory()
-    before = reset()
+    before = reset_peak_mib()
     cfg = unlearn.UnlearnConfig(loss=loss, adapter=adapter, lr=LR[adapter], seed=seed, epochs=epochs, out=out)
     _, r = unlearn.run(cfg, log=lambda line: None)
-    peak = read()
+    peak = peak_mib()
     end, fq = r["history"][-1], r["end"]["forget_quality"]
     return dict(loss=loss, adapter=adapter, seed=seed, stopped_at_epoch=r["stopped_at_epoch"],
                 steps_to_stop=r["steps"] if r["stopped_at_epoch"] else None, forget_qa=end["forget"]["qa_acc"],
@@ -127,11 +125,11 @@ def main():
     a = p.parse_args()
     if a.replot:
         return figure(json.load(open(os.path.join(a.out, "grid.json"))), os.path.join(a.out, "grid.png"))
-    rows, t0, work = [], time.time(), tempfile.mkdtemp()
+    rows, t0, work = [], time.time(), tempfile.TemporaryDirectory()  # the run folders are not kept
     for seed in a.seeds:
         for loss in LOSSES:
             for adapter in ADAPTERS:
-                rows.append(one_run(loss, adapter, seed, a.epochs, os.path.join(work, f"{loss}-{adapter}-{seed}")))
+                rows.append(one_run(loss, adapter, seed, a.epochs, os.path.join(work.name, f"{loss}-{adapter}-{seed}")))
                 r = rows[-1]
                 print(f"{time.time() - t0:5.0f}s  seed {seed} {loss:3s} + {adapter:5s}: stop {str(r['stopped_at_epoch']):4s} "
                       f"forget QA {r['forget_qa']:.2f}  retain QA {r['retain_qa']:.2f}  general QA {r['general_qa']:.2f}  "

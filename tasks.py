@@ -28,8 +28,6 @@ class Task:
     oracle_forget: dict = None  # that model's scores on the forget split
     prompts: list = field(default_factory=list)  # token prompts whose greedy answers are shown
     utility_splits: tuple = ()  # the splits model utility is computed on
-    hf_config: dict = None      # the Hugging Face config the model came from, for saving it back
-    hf_folder: str = None
 
 
 def load_base_and_oracle(base_dir, device, log, train_cfg=None):
@@ -101,8 +99,7 @@ def file_task(cfg, log):
     return Task(model, enc, forget=data.training_examples(encoded["forget"]),
                 retain=data.training_examples(encoded["retain"]) if "retain" in encoded else [],
                 scored=scored, holdout=encoded.get("holdout"), prompts=prompts,
-                utility_splits=tuple(s for s in ("retain",) if s in scored and scored[s].qa),
-                hf_config=getattr(model, "hf_config", None), hf_folder=getattr(model, "hf_folder", None))
+                utility_splits=tuple(s for s in ("retain",) if s in scored and scored[s].qa))
 
 
 def first_prompt(encoded):

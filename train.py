@@ -41,10 +41,10 @@ class TrainConfig:
 SMALL = TrainConfig(n_people=40, epochs=40, lr=3e-3, model=GPTConfig(n_layer=1, n_head=4, n_embd=128, block_size=64))
 
 
-def training_examples(c, enc, which):
+def training_examples(c, enc, which, block_size):
     """The examples each model trains on: the oracle never sees the forget split."""
     splits = {"base": [c.forget, c.retain, c.general], "oracle": [c.retain, c.general]}
-    return [ex for s in splits[which] for ex in data.split_examples(enc, s)]
+    return [ex for s in splits[which] for ex in data.split_examples(enc, s, block_size)]
 
 
 def length_batches(examples, batch_size, rng):
@@ -122,7 +122,7 @@ def build(which, out="out", cfg=None, device="cpu", log=print):
     cfg = cfg or TrainConfig()
     enc = data.get_tokenizer()
     c = corpus.make_corpus(cfg.corpus_seed, cfg.n_people, cfg.forget_frac)
-    examples = training_examples(c, enc, which)
+    examples = training_examples(c, enc, which, cfg.model.block_size)
     log(f"training the {which} model: {len(examples)} sequences, {cfg.epochs} epochs on {device}")
     t0 = time.time()
     model = train_model(examples, cfg, device, log)

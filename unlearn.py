@@ -184,7 +184,8 @@ def train_step(model, ref, opt, params, forget_batch, retain_batch, cfg):
     Under torchrun each rank takes its shard of both, weighted by its share (ddp.py).
     Returns (loss, None), or (loss, 'loss' | 'gradient') without updating if that is not finite."""
     fb, rb = ddp.shard(forget_batch), ddp.shard(retain_batch)
-    loss = sum(p.sum() for p in params) * 0.0  # zero, in the graph: a rank with an empty shard still joins
+    # Under DDP a rank with an empty shard must still join the backward: start from a zero in the graph.
+    loss = sum(p.sum() for p in params) * 0.0 if ddp.world() > 1 else 0.0
     with autocast(cfg.device):
         if fb:
             x, y = data.collate(fb, cfg.device)
@@ -236,7 +237,8 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
     if resume is None:  # the starting point: stopping thresholds, forget quality, answers "before"
         start, start_ratios = evaluate(model, task, cfg)
         holdout = metrics.split_report(model, task.holdout, cfg.el_n, cfg.device)[0] if task.holdout else {}
-        fixed = dict(thresholds=dict(ma=holdout["ma"], el=holdout[f"el{cfg.el_n}"]) if "ma" in holdout else None,
+        has_rule = "ma" in holdout and f"el{cfg.el_n}" in holdout
+        fixed = dict(thresholds=dict(ma=holdout["ma"], el=holdout[f"el{cfg.el_n}"]) if has_rule else None,
                      start_ratios=None if start_ratios is None else start_ratios.tolist(),
                      before=[greedy_answer(model, enc, p, cfg.device) for p in task.prompts])
         pos = dict(epoch=1, step=0, order=None, next=0, stopped=None, history=[dict(epoch=0, step=0, **start)])
@@ -255,7 +257,7 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
         log(f"data parallel over {ddp.world()} processes: each takes 1/{ddp.world()} of every batch")
     log(f"{cfg.loss} + {cfg.adapter}: {sum(p.numel() for p in params):,} trainable parameters; " +
         (f"stop when forget MA < {thr['ma']:.3f} and EL{cfg.el_n} < {thr['el']:.3f} (holdout)" if thr else
-         "no stopping rule (no holdout texts)"))
+         "no stopping rule (no holdout texts long enough for it)"))
 
     def save_state():  # everything needed to continue exactly where we are (rank 0 writes)
         if ddp.rank() == 0:
@@ -273,7 +275,7 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
             model.train()
             while pos["next"] < len(forget):
                 batch = [forget[i] for i in pos["order"][pos["next"]:pos["next"] + cfg.batch_size]]
-                paired = rng.sample(retain, len(batch)) if retain else []
+                paired = rng.sample(retain, min(len(batch), len(retain)))
                 t_step = time.perf_counter()
                 loss, bad = train_step(fwd, ref, opt, params, batch, paired, cfg)
                 step_seconds += time.perf_counter() - t_step
@@ -297,7 +299,7 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
             log(f"epoch {pos['epoch']:2d} step {pos['step']:3d}  loss {pos['loss']:7.3f}  {report.brief(scores, el)}"
                 f"  {time.time() - t_start:.0f}s (at most {eta:.0f}s more)")
             f = scores["forget"]
-            met = bool(thr) and f["ma"] < thr["ma"] and f[el] < thr["el"]
+            met = bool(thr) and "ma" in f and el in f and f["ma"] < thr["ma"] and f[el] < thr["el"]
             pos["stopped"] = pos["stopped"] or (pos["epoch"] if met else None)  # the first epoch that met the rule
             pos["epoch"], pos["order"] = pos["epoch"] + 1, None
             save_state()

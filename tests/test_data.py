@@ -138,6 +138,7 @@ def test_collate_shifts_and_masks():
     (b"caf\xe9 au lait\n", ".txt", r"not UTF-8 text \(byte 3\)"),
     (b'{"text": "ok"}\nnot json\n', ".jsonl", "line 2 is not valid JSON"),
     (b'{"prompt": "Q"}\n', ".jsonl", 'line 1: expected a "text" field, or "prompt" and "answer"'),
+    (b'{"prompt": "Q", "answer": " A", "perturbed": " B"}\n', ".jsonl", '"perturbed" must be a list'),
 ])
 def test_bad_files_get_one_line_errors(tmp_path, content, suffix, match):
     path = tmp_path / f"forget{suffix}"

@@ -115,3 +115,19 @@ def test_tokenizer_larger_than_the_model_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match="the tokenizer has 1744 tokens but the model only 100"):
         unlearn.main(["--init_from", str(folder), "--forget_file", str(tmp_path / "f.txt"), "--loss", "ga",
                       "--adapter", "lora", "--out", str(tmp_path / "run")])
+
+
+def test_question_only_forget_file_and_a_tiny_retain_file(hf_folder, tmp_path):
+    """A forget set of questions only (no texts, so no MA/EL) with a text holdout, and a retain file
+    smaller than a batch: the run goes on without a stopping rule and pairs what retain there is."""
+    folder, _ = hf_folder
+    c = write_user_files(tmp_path)
+    (tmp_path / "qa.jsonl").write_text("\n".join(json.dumps(dict(prompt=q.prompt, answer=q.answer))
+                                                 for q in c.forget.qa) + "\n")
+    (tmp_path / "retain.txt").write_text(c.retain.texts[0] + "\n")
+    cfg = unlearn.UnlearnConfig(init_from=str(folder), forget_file=str(tmp_path / "qa.jsonl"),
+                                retain_file=str(tmp_path / "retain.txt"), holdout_file=str(tmp_path / "holdout.txt"),
+                                lr=1e-2, epochs=2, batch_size=4, out=str(tmp_path / "run"))
+    _, r = unlearn.run(cfg, log=lambda line: None)
+    assert r["thresholds"] is not None and r["stopped_at_epoch"] is None and r["outcome"] == "finished"
+    assert "ma" not in r["history"][-1]["forget"] and r["history"][-1]["forget"]["truth_ratio"] is None

@@ -171,7 +171,21 @@ def test_bad_fisher_gets_a_clear_error():
         fisher.init_adapters(m, "fila", F, nan)
     with pytest.raises(ValueError, match="needs the forget and retain Fisher"):
         fisher.init_adapters(m, "fila")
+    with pytest.raises(ValueError, match="needs the forget and retain Fisher"):
+        fisher.init_adapters(m, "fila", F, None)
     with pytest.raises(ValueError, match="rank"):
         fisher.weighted_lowrank(torch.randn(4, 3), torch.ones(4), 4, 1.0)
     with pytest.raises(ValueError, match="no LoRA layers"):
         fisher.fisher_diagonal(tiny(), [examples(2)])
+
+
+def test_loading_an_adapter_of_another_rank_is_a_clear_error():
+    m = tiny()
+    lora.add_lora(m, rank=4, alpha=8)
+    fisher.init_adapters(m, "pissa")
+    other = tiny()
+    lora.add_lora(other, rank=2, alpha=4)
+    W = {n: l.base.weight.clone() for n, l in lora.lora_layers(other).items()}
+    with pytest.raises(ValueError, match="has rank 4, the model 2"):
+        lora.load_lora_state_dict(other, lora.lora_state_dict(m))
+    assert all(torch.equal(l.base.weight, W[n]) for n, l in lora.lora_layers(other).items())  # untouched

@@ -159,6 +159,10 @@ def test_from_pretrained_names_bad_keys(tmp_path):
     sd["transformer.h.0.attn.extra.weight"] = torch.zeros(2)
     with pytest.raises(ValueError, match=r"unexpected keys: h\.0\.attn\.extra\.weight"):
         GPT.from_pretrained(str(write_hf_checkpoint(tmp_path / "b", sd)))
+    sd = hf_state_dict()
+    sd["lm_head.weight"] = sd.pop("transformer.wte.weight")  # the head is there, the embedding not
+    with pytest.raises(ValueError, match=r"missing 'wte\.weight'"):
+        GPT.from_pretrained(str(write_hf_checkpoint(tmp_path / "d", sd)))
     with pytest.raises(ValueError, match="activation_function"):
         GPT.from_pretrained(str(write_hf_checkpoint(tmp_path / "c", hf_state_dict(), activation_function="relu")))
 

@@ -14,7 +14,8 @@ TINY = train.TrainConfig(n_people=10, forget_frac=0.2, epochs=60, batch_size=8, 
 def tiny_run():
     enc = data.get_tokenizer()
     c = corpus.make_corpus(seed=0, n_people=10, forget_frac=0.2)
-    people = data.split_examples(enc, c.forget) + data.split_examples(enc, c.retain)
+    B = TINY.model.block_size
+    people = data.split_examples(enc, c.forget, B) + data.split_examples(enc, c.retain, B)
     return enc, c, train.train_model(people, TINY)
 
 
@@ -29,9 +30,10 @@ def test_a_tiny_model_learns_the_facts_it_saw_and_not_the_others(tiny_run):
 def test_oracle_never_sees_the_forget_split():
     enc = data.get_tokenizer()
     c = corpus.make_corpus(n_people=20)
-    oracle = {tuple(t) for t, _ in train.training_examples(c, enc, "oracle")}
-    base = {tuple(t) for t, _ in train.training_examples(c, enc, "base")}
-    forget = {tuple(t) for t, _ in data.split_examples(enc, c.forget)}
+    oracle = {tuple(t) for t, _ in train.training_examples(c, enc, "oracle", 128)}
+    base = {tuple(t) for t, _ in train.training_examples(c, enc, "base", 128)}
+    forget = {tuple(t) for t, _ in data.split_examples(enc, c.forget, 128)}
+    assert all(len(t) <= 17 for t, _ in train.training_examples(c, enc, "base", 16))  # the model's block
     assert forget <= base and not forget & oracle and oracle <= base
 
 

@@ -92,6 +92,11 @@ def test_extraction_likelihood_by_hand():
     # tokens 1 2 3 7 8 9, n = 2. Prefix 1 -> 2 3 4 5 6: 1 of the suffix's 4 bigrams;
     # prefix 1 2 -> 0/3; prefix 1 2 3 -> 0/2; prefix 1 2 3 7 -> 8 9: 1/1. Mean = 1.25 / 4.
     assert metrics.extraction_likelihood(Counting(), [[1, 2, 3, 7, 8, 9]], n=2) == [pytest.approx(0.3125)]
+    # too short for a 2-gram suffix: no EL at all (not 0, which would read as "forgotten")
+    assert metrics.extraction_likelihood(Counting(), [[1, 2], [1, 2, 3, 7, 8, 9]], n=2)[0] is None
+    import data
+    report, _ = metrics.split_report(Counting(), data.Encoded(texts=[[1, 2], [1, 2, 3, 7, 8, 9]]), el_n=2)
+    assert report["el2"] == pytest.approx(0.3125)
     assert metrics.ngram_overlap([1, 2, 3], [1, 2, 3], 2) == 1.0
 
 

@@ -24,7 +24,7 @@ def base_dir(tmp_path_factory):
     enc = data.get_tokenizer()
     c = corpus.make_corpus(TINY.corpus_seed, TINY.n_people, TINY.forget_frac)
     for which, splits in (("base", [c.forget, c.retain]), ("oracle", [c.retain])):
-        model = train.train_model([ex for s in splits for ex in data.split_examples(enc, s)], TINY)
+        model = train.train_model([ex for s in splits for ex in data.split_examples(enc, s, 64)], TINY)
         train.save_checkpoint(str(out / f"{which}.pt"), model, TINY, which, {})
     return out
 
