@@ -173,12 +173,17 @@ class GPT(nn.Module):
         return {"config.json": json.dumps(cfg, indent=2).encode(), "model.safetensors": save(ours_to_hf(self))}
 
 
+def at_least_float32(x):
+    """Half-precision logits (bf16 autocast) are upcast for the softmax; float32 and float64 stay."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def token_nll(logits, targets):
     """Per-token negative log-likelihood. logits (B, T, V) and targets (B, T) are aligned:
     logits[:, t] scores targets[:, t] (collate already shifted the labels by one).
     Returns (nll, mask), both (B, T); nll is 0 where targets == IGNORE and mask marks the rest."""
     mask = targets != IGNORE
-    nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE,
+    nll = F.cross_entropy(at_least_float32(logits).flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
                           reduction="none").view(targets.shape)
     return nll, mask
 

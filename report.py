@@ -3,7 +3,7 @@
   config.json   the resolved configuration, the seed and the library versions
   metrics.json  every epoch's metrics on every split, forget quality, model utility, generations;
                 no wall-clock times, so two runs with the same seed give identical bytes
-  timing.json   the wall-clock times (total, at each epoch's end, and in training steps alone)
+  timing.json   the wall-clock times (total, at each evaluation, and in training steps alone)
   adapter.pt    the LoRA weights only (model.pt, the whole model, for full fine-tuning)
   state.pt      everything --resume needs: the weights, the optimizer, the random state, the position
   plot.png      forget vs retain over the steps
@@ -23,7 +23,7 @@ import torch
 import data
 import lora
 
-TIMING_KEYS = ("seconds", "epoch_seconds", "step_seconds")  # to timing.json, not metrics.json
+TIMING_KEYS = ("seconds", "eval_seconds", "step_seconds")  # to timing.json, not metrics.json
 
 
 def trainable_state(model, adapter):

@@ -10,14 +10,11 @@ split; stop once forget MA and EL_n are both below what the starting model score
 saw (the holdout split), the stopping rule of METHOD §5. Results go to out/<run>/.
 """
 import argparse
-import contextlib
 import copy
 import json
 import os
 import random
-import signal
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 
@@ -30,8 +27,9 @@ import fisher
 import lora
 import metrics
 import report
+import runtime
 import tasks
-from model import IGNORE, lm_loss, token_nll
+from model import IGNORE, at_least_float32, lm_loss, token_nll
 
 
 # ----------------------------------------------------------------------------- losses (METHOD §1)
@@ -45,7 +43,7 @@ def ihl_loss(logits, targets):
     """Inverted Hinge: L = mean_t max(0, 1 + p(y_t) − max_{v≠y_t} p(v)), in [0, 2]. It lowers the
     true token, lifts its strongest rival, and stops pushing once the true token is no longer on top."""
     mask = targets != IGNORE
-    p = logits[mask].float().softmax(-1)               # (N, V) over the target positions
+    p = at_least_float32(logits[mask]).softmax(-1)     # (N, V) over the target positions
     y = targets[mask][:, None]                         # (N, 1)
     p_true = p.gather(1, y).squeeze(1)                 # p(y_t)
     p_rival = p.scatter(1, y, 0.0).max(1).values       # max over v ≠ y_t (recomputed every step)
@@ -82,6 +80,7 @@ class UnlearnConfig:
     el_n: int = opt(4, "n of EL_n (the biographies are ~45 tokens, so 4 rather than the paper's 10)")
     eval_retain: int = opt(40, "retain people (or sequences) scored each epoch; 0: all")
     npo_beta: float = opt(0.1, "β of NPO")
+    eval_every: int = opt(None, "evaluate every N steps (default: at the end of every epoch)")
     no_stop: bool = opt(False, "run every epoch instead of stopping at the rule")
     seed: int = opt(0, "batch order and adapter initialisation")
     device: str = opt("auto", "auto (cuda, then mps, then cpu) | cpu | cuda | mps")
@@ -171,60 +170,10 @@ def forget_loss(model, ref, x, y, cfg):
     return npo_loss(logits, y, ref_logits, cfg.npo_beta)
 
 
-def autocast(device):
-    """bf16 autocast on a CUDA GPU that has it (losses are computed in float32, see token_nll and
-    ihl_loss); nothing elsewhere, and no torch.cuda call on the CPU path."""
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def train_step(model, ref, opt, params, forget_batch, retain_batch, cfg):
-    """One update: the unlearning term on the forget batch + λ·NLL on a paired retain batch.
-    Under torchrun each rank takes its shard of both, weighted by its share (ddp.py).
-    Returns (loss, None), or (loss, 'loss' | 'gradient') without updating if that is not finite."""
-    fb, rb = ddp.shard(forget_batch), ddp.shard(retain_batch)
-    # Under DDP a rank with an empty shard must still join the backward: start from a zero in the graph.
-    loss = sum(p.sum() for p in params) * 0.0 if ddp.world() > 1 else 0.0
-    with autocast(cfg.device):
-        if fb:
-            x, y = data.collate(fb, cfg.device)
-            loss = loss + forget_loss(model, ref, x, y, cfg) * ddp.share(fb, forget_batch, cfg.loss != "npo")
-        if rb and cfg.retain_weight:
-            xr, yr = data.collate(rb, cfg.device)
-            loss = loss + cfg.retain_weight * lm_loss(model(xr), yr) * ddp.share(rb, retain_batch)
-    total = ddp.all_reduce_sum(loss.detach().clone())  # the global batch's loss
-    opt.zero_grad(set_to_none=True)
-    (loss * ddp.world()).backward()  # DDP averages the ranks' gradients
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-    if not torch.isfinite(total) or not torch.isfinite(grad_norm):  # GA can get here: never apply it
-        return total.item(), "loss" if not torch.isfinite(total) else "gradient"
-    opt.step()
-    return total.item(), None
-
-
-@contextlib.contextmanager
-def ctrl_c_finishes_the_step(log):
-    """Within: Ctrl-C sets a flag that the loop checks after each step; a second one stops at once."""
-    flag = []
-
-    def handler(signum, frame):
-        if flag:
-            raise KeyboardInterrupt
-        flag.append(True)
-        log("Ctrl-C: finishing this step, then saving the run (Ctrl-C again to abort)")
-    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
-        yield flag
-        return
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def run(cfg: UnlearnConfig, log=print, resume=None):
-    """Unlearn; returns (model, results). `resume`: a state saved in a run folder's state.pt."""
+    """Unlearn; returns (model, results). `resume`: a state saved in a run folder's state.pt.
+    The paper's algorithm, in order: measure the start -> Fisher -> FILA -> for each forget batch,
+    the unlearning loss + λ·retain NLL -> evaluate -> stop at the rule (runtime.py does the rest)."""
     cfg = resolve(cfg)
     log = log if ddp.rank() == 0 else (lambda line: None)
     torch.manual_seed(cfg.seed)
@@ -234,25 +183,30 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
     model, enc, forget, retain = task.model, task.enc, task.forget, task.retain
     ref = copy.deepcopy(model).requires_grad_(False) if cfg.loss == "npo" else None
 
-    if resume is None:  # the starting point: stopping thresholds, forget quality, answers "before"
+    # 1. The starting point: the stopping rule's thresholds (unseen data), scores and answers "before".
+    if resume is None:
         start, start_ratios = evaluate(model, task, cfg)
         holdout = metrics.split_report(model, task.holdout, cfg.el_n, cfg.device)[0] if task.holdout else {}
         has_rule = "ma" in holdout and f"el{cfg.el_n}" in holdout
         fixed = dict(thresholds=dict(ma=holdout["ma"], el=holdout[f"el{cfg.el_n}"]) if has_rule else None,
                      start_ratios=None if start_ratios is None else start_ratios.tolist(),
                      before=[greedy_answer(model, enc, p, cfg.device) for p in task.prompts])
-        pos = dict(epoch=1, step=0, order=None, next=0, stopped=None, history=[dict(epoch=0, step=0, **start)])
+        pos = runtime.Progress.new(start)
     else:
         fixed, pos = resume["fixed"], resume["pos"]
         rng.setstate(resume["rng"])
         log(f"resuming at epoch {pos['epoch']}, step {pos['step']}")
+    progress = runtime.Progress(cfg, len(forget), rng, pos)
+    thr, el = fixed["thresholds"], f"el{cfg.el_n}"
+
+    # 2. Fisher on forget and retain -> FILA-initialised adapters (or LoRA, PiSSA, full fine-tuning).
     model = add_adapters(model, cfg, forget, retain, log, resume and resume["weights"])
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     if resume is not None:
         opt.load_state_dict(resume["optimizer"])
     fwd = ddp.wrap(torch.compile(model) if cfg.compile else model, params)  # same parameters
-    thr, el = fixed["thresholds"], f"el{cfg.el_n}"
+    unlearning_term = lambda m, x, y: forget_loss(m, ref, x, y, cfg)
     if ddp.world() > 1:
         log(f"data parallel over {ddp.world()} processes: each takes 1/{ddp.world()} of every batch")
     log(f"{cfg.loss} + {cfg.adapter}: {sum(p.numel() for p in params):,} trainable parameters; " +
@@ -265,67 +219,59 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
                                              weights=report.trainable_state(model, cfg.adapter),
                                              optimizer=opt.state_dict()))
 
-    outcome, epoch_seconds, step_seconds, t_train = "finished", [], 0.0, time.time()
+    def evaluate_and_record():  # -> whether the stopping rule is met now
+        scores, ratios = evaluate(model, task, cfg)
+        f = scores["forget"]
+        met = bool(thr) and "ma" in f and el in f and f["ma"] < thr["ma"] and f[el] < thr["el"]
+        progress.record(scores, met)
+        eval_seconds.append(time.time() - t_start)
+        pos["ratios"] = None if ratios is None else ratios.tolist()
+        return met, scores
+
+    # 3. Unlearn: each step pairs a forget batch with a random retain batch; evaluate; stop at the rule.
+    outcome, step_seconds, eval_seconds = "finished", 0.0, []
     os.makedirs(cfg.out, exist_ok=True)
-    with ctrl_c_finishes_the_step(log) as interrupted:
-        while pos["epoch"] <= cfg.epochs and outcome == "finished":
-            if pos["order"] is None:
-                pos["order"], pos["next"] = list(range(len(forget))), 0
-                rng.shuffle(pos["order"])
-            model.train()
-            while pos["next"] < len(forget):
-                batch = [forget[i] for i in pos["order"][pos["next"]:pos["next"] + cfg.batch_size]]
-                paired = rng.sample(retain, min(len(batch), len(retain)))
-                t_step = time.perf_counter()
-                loss, bad = train_step(fwd, ref, opt, params, batch, paired, cfg)
-                step_seconds += time.perf_counter() - t_step
-                if bad:
-                    outcome = f"stopped: non-finite {bad} at step {pos['step'] + 1}; the weights are those of " \
-                              f"step {pos['step']} (that update was not applied)"
-                    break
-                pos["next"] += cfg.batch_size
-                pos["step"] += 1
-                pos["loss"] = loss
-                if ddp.any_rank(interrupted):
-                    outcome = f"interrupted at step {pos['step']}; continue with --resume {cfg.out}"
-                    break
-            if outcome != "finished":
+    with runtime.ctrl_c_finishes_the_step(log) as interrupted:
+        for batch, paired in progress.batches(forget, retain):
+            t_step = time.perf_counter()
+            loss, bad = runtime.train_step(fwd, unlearning_term, opt, params, batch, paired, cfg)
+            step_seconds += time.perf_counter() - t_step
+            if bad:
+                outcome = f"stopped: non-finite {bad} at step {pos['step'] + 1}; the weights are those of " \
+                          f"step {pos['step']} (that update was not applied)"
                 break
-            scores, ratios = evaluate(model, task, cfg)
-            pos["history"].append(dict(epoch=pos["epoch"], step=pos["step"], loss=pos["loss"], **scores))
-            pos["ratios"] = None if ratios is None else ratios.tolist()
-            epoch_seconds.append(time.time() - t_start)
-            eta = (time.time() - t_train) / len(epoch_seconds) * (cfg.epochs - pos["epoch"])
-            log(f"epoch {pos['epoch']:2d} step {pos['step']:3d}  loss {pos['loss']:7.3f}  {report.brief(scores, el)}"
-                f"  {time.time() - t_start:.0f}s (at most {eta:.0f}s more)")
-            f = scores["forget"]
-            met = bool(thr) and "ma" in f and el in f and f["ma"] < thr["ma"] and f[el] < thr["el"]
-            pos["stopped"] = pos["stopped"] or (pos["epoch"] if met else None)  # the first epoch that met the rule
-            pos["epoch"], pos["order"] = pos["epoch"] + 1, None
-            save_state()
-            if met and not cfg.no_stop:
+            progress.advance(loss)
+            if ddp.any_rank(interrupted):
+                outcome = f"interrupted at step {pos['step']}; continue with --resume {cfg.out}"
                 break
+            if progress.evaluation_due():
+                met, scores = evaluate_and_record()
+                left = progress.seconds_left()
+                log(f"epoch {progress.epochs_done():2g} step {pos['step']:3d}  loss {loss:7.3f}  {report.brief(scores, el)}"
+                    f"  {time.time() - t_start:.0f}s" + ("" if left is None else f" (at most {left:.0f}s more)"))
+                save_state()
+                if met and not cfg.no_stop:
+                    break
     if outcome != "finished":
         log(outcome)
         save_state()
-        if pos["history"][-1]["step"] != pos["step"]:  # score where we stopped, mid-epoch
-            scores, ratios = evaluate(model, task, cfg)
-            pos["history"].append(dict(epoch=pos["epoch"] - 1 + pos["next"] / len(forget), step=pos["step"],
-                                       loss=pos.get("loss"), **scores))
-            pos["ratios"] = None if ratios is None else ratios.tolist()
+        if pos["history"][-1]["step"] != pos["step"]:  # score where we stopped, between evaluations
+            evaluate_and_record()
 
     # Forget quality: KS test between the truth ratios and the oracle's on the forget questions.
     start, end = pos["history"][0], pos["history"][-1]
     utility = lambda r: metrics.model_utility([r[s] for s in task.utility_splits]) if task.utility_splits else None
     ks = lambda r: None if r is None or task.oracle_ratios is None else metrics.ks_2samp_pvalue(r, task.oracle_ratios)
+    met = pos["rule_met"]
     results = dict(
-        config=asdict(cfg), outcome=outcome, thresholds=thr, stopped_at_epoch=pos["stopped"], steps=pos["step"],
+        config=asdict(cfg), outcome=outcome, thresholds=thr, stopped_at_epoch=met and met["epoch"], steps=pos["step"],
         trainable_params=sum(p.numel() for p in params), oracle_forget=task.oracle_forget,
         start=dict(forget_quality=ks(fixed["start_ratios"]), model_utility=utility(start)),
         end=dict(forget_quality=ks(pos.get("ratios", fixed["start_ratios"])), model_utility=utility(end)),
         generations=[dict(prompt=enc.decode(p), before=b, after=greedy_answer(model, enc, p, cfg.device))
                      for p, b in zip(task.prompts, fixed["before"])],
-        history=pos["history"], seconds=time.time() - t_start, epoch_seconds=epoch_seconds, step_seconds=step_seconds)
+        history=pos["history"], seconds=time.time() - t_start,
+        eval_seconds=eval_seconds, step_seconds=step_seconds)
     return model, results
 
 

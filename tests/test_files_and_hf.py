@@ -64,7 +64,7 @@ def test_unlearn_a_hugging_face_model_from_files(hf_folder, tmp_path):
     lines = []
     cfg = unlearn.UnlearnConfig(init_from=str(folder), forget_file=str(tmp_path / "forget.jsonl"),
                                 retain_file=str(tmp_path / "retain.jsonl"), holdout_file=str(tmp_path / "holdout.txt"),
-                                lr=1e-2, epochs=4, batch_size=4, no_stop=True, out=str(tmp_path / "run"))
+                                lr=1e-2, epochs=4, batch_size=4, no_stop=True, out=str(tmp_path / "run"), device="cpu")
     unlearned, r = unlearn.run(cfg, log=lines.append)
     assert any("1 sequences of --retain_file are also in --forget_file" in ln for ln in lines)
     assert any("1 sequences are longer than the model's 64 tokens" in ln for ln in lines)
@@ -90,7 +90,7 @@ def test_user_files_without_retain_or_holdout(hf_folder, tmp_path):
         unlearn.main(args + ["--retain_weight", "0"])
     lines = []
     cfg = unlearn.UnlearnConfig(init_from=str(folder), forget_file=str(tmp_path / "forget.jsonl"), loss="ga",
-                                adapter="lora", lr=1e-2, epochs=1, batch_size=4, out=str(tmp_path / "r"))
+                                adapter="lora", lr=1e-2, epochs=1, batch_size=4, out=str(tmp_path / "r"), device="cpu")
     _, r = unlearn.run(cfg, log=lines.append)
     assert r["thresholds"] is None and any("no stopping rule" in ln for ln in lines)
     with pytest.raises(SystemExit, match="--forget_file .* does not exist"):
@@ -127,7 +127,7 @@ def test_question_only_forget_file_and_a_tiny_retain_file(hf_folder, tmp_path):
     (tmp_path / "retain.txt").write_text(c.retain.texts[0] + "\n")
     cfg = unlearn.UnlearnConfig(init_from=str(folder), forget_file=str(tmp_path / "qa.jsonl"),
                                 retain_file=str(tmp_path / "retain.txt"), holdout_file=str(tmp_path / "holdout.txt"),
-                                lr=1e-2, epochs=2, batch_size=4, out=str(tmp_path / "run"))
+                                lr=1e-2, epochs=2, batch_size=4, out=str(tmp_path / "run"), device="cpu")
     _, r = unlearn.run(cfg, log=lambda line: None)
     assert r["thresholds"] is not None and r["stopped_at_epoch"] is None and r["outcome"] == "finished"
     assert "ma" not in r["history"][-1]["forget"] and r["history"][-1]["forget"]["truth_ratio"] is None

@@ -126,3 +126,16 @@ def test_model_utility_is_a_harmonic_mean():
     assert metrics.model_utility([r, dict(qa_prob=0.5, qa_acc=0.0, truth_ratio=0.1)]) == 0.0
     assert metrics.model_utility([dict(qa_prob=0.5, qa_acc=1.0, truth_ratio=None)]) == pytest.approx(2 / 3)
     assert metrics.model_utility([dict(ma=0.3)]) is None
+
+
+def test_float64_logits_give_float64_losses():
+    """Only half precision is upcast: a float64 check of a loss stays exact."""
+    import unlearn
+    from model import lm_loss
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 11, generator=g, dtype=torch.float64)
+    targets = torch.randint(0, 11, (2, 5), generator=g)
+    for loss in (lm_loss(logits, targets), unlearn.ihl_loss(logits, targets),
+                 unlearn.npo_loss(logits, targets, logits.detach() + 0.1)):
+        assert loss.dtype == torch.float64
+    assert lm_loss(logits.bfloat16(), targets).dtype == torch.float32

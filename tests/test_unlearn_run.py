@@ -37,7 +37,7 @@ def sha(path):
 def test_unlearning_forgets_and_never_touches_the_base(base_dir, tmp_path, loss, adapter):
     before = sha(base_dir / "base.pt")
     cfg = unlearn.UnlearnConfig(loss=loss, adapter=adapter, lr=1e-2, epochs=4, batch_size=4, no_stop=True,
-                                base_dir=str(base_dir), out=str(tmp_path / "run"))
+                                base_dir=str(base_dir), out=str(tmp_path / "run"), device="cpu")
     model, r = unlearn.run(cfg, log=lambda s: None)
     report.save_run(model, r)
     h = r["history"]
@@ -64,7 +64,7 @@ def test_bad_flags_exit_with_one_line(capsys):
 
 
 def tiny_cfg(base_dir, out, **kw):
-    kw = dict(dict(loss="ihl", adapter="fila", lr=1e-2, epochs=3, batch_size=4, no_stop=True), **kw)
+    kw = dict(dict(loss="ihl", adapter="fila", lr=1e-2, epochs=3, batch_size=4, no_stop=True, device="cpu"), **kw)
     return unlearn.UnlearnConfig(base_dir=str(base_dir), out=str(out), **kw)
 
 
