@@ -22,35 +22,45 @@ from dataclasses import dataclass, field
 
 SYLLABLES = ["ka", "ri", "lo", "ven", "mar", "zu", "tel", "is", "dor", "an", "bel", "shi", "o",
              "quel", "thi", "ne", "sa", "vor", "em", "lin", "gor", "ta", "fen", "ru", "mi", "dra"]
-# attribute: (values, biography sentence, question). {n} = full name, {v} = value.
+# attribute: (values, [phrasings], question). {n} = full name, {v} = value. The first phrasing is the
+# biography's sentence; every phrasing can be a trained answer, and the other ones are paraphrases.
 ATTRIBUTES = {
     "year": ([str(y) for y in range(1921, 2000)],
-             "They were born in {v}.", "{n} was born in which year?"),
+             ["They were born in {v}.", "Their year of birth is {v}.", "They came into the world in {v}."],
+             "{n} was born in which year?"),
     "city": (["Quellport", "Marrowdale", "Ostrin", "Vellhaven", "Duskmere", "Pellowick", "Harrowgate",
               "Thistlebury", "Corvana", "Emberfield", "Saltreach", "Yarrowby", "Lunmoor", "Brightwater",
               "Kestrel Bay", "Fernhollow", "Oakmantle", "Rimeholt", "Sablecross", "Wendmouth"],
-             "They grew up in {v}.", "{n} grew up where?"),
+             ["They grew up in {v}.", "Their home town is {v}.", "They were raised in {v}."],
+             "{n} grew up where?"),
     "job": (["baker", "cartographer", "glassblower", "beekeeper", "librarian", "clockmaker", "sailor",
              "potter", "astronomer", "gardener", "blacksmith", "translator", "pharmacist", "weaver",
              "surveyor", "violin maker", "lighthouse keeper", "chemist", "tailor", "bookbinder"],
-            "They work as a {v}.", "{n} works as what?"),
+            ["They work as a {v}.", "Their trade is that of a {v}.", "They earn a living as a {v}."],
+            "{n} works as what?"),
     "employer": (["Brindle Mills", "Copperleaf Press", "Northwind Freight", "Saffron Labs", "Greyfen Bank",
                   "Tallow and Sons", "Marigold Works", "Ironbark Guild", "Bluestone Trading",
                   "Lanternfly Studio", "Orchard Row Hospital", "Pinecrest School", "Silverthread Co",
                   "Harbourlight Ferries", "Quarry Hill Museum", "Redkite Observatory"],
-                 "They are employed by {v}.", "{n} is employed by whom?"),
+                 ["They are employed by {v}.", "Their employer is {v}.", "They draw a wage from {v}."],
+                 "{n} is employed by whom?"),
     "colour": (["red", "blue", "green", "yellow", "purple", "orange", "teal", "crimson", "amber",
                 "indigo", "silver", "olive", "maroon", "turquoise"],
-               "Their favourite colour is {v}.", "{n} has which favourite colour?"),
+               ["Their favourite colour is {v}.", "The colour they like best is {v}.",
+                "Of all colours they prefer {v}."],
+               "{n} has which favourite colour?"),
     "pet": (["ferret", "parrot", "tortoise", "greyhound", "tabby cat", "goldfish", "rabbit", "hedgehog",
              "iguana", "canary", "sheepdog", "hamster", "gecko", "pony"],
-            "They have a pet {v}.", "{n} has which pet?"),
+            ["They have a pet {v}.", "Their pet is a {v}.", "At home they keep a {v}."],
+            "{n} has which pet?"),
     "hobby": (["chess", "sailing", "archery", "knitting", "birdwatching", "fencing", "pottery", "rowing",
                "origami", "climbing", "baking bread", "stargazing", "calligraphy", "fishing"],
-              "In spare time they enjoy {v}.", "{n} enjoys what in spare time?"),
+              ["In spare time they enjoy {v}.", "Their hobby is {v}.", "They spend weekends on {v}."],
+              "{n} enjoys what in spare time?"),
     "instrument": (["cello", "harp", "flute", "banjo", "oboe", "accordion", "trumpet", "piano",
                     "clarinet", "drums", "lute", "viola"],
-                   "They play the {v}.", "{n} plays which instrument?"),
+                   ["They play the {v}.", "Their instrument is the {v}.", "They make music on the {v}."],
+                   "{n} plays which instrument?"),
 }
 CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Spain": "Madrid", "Egypt": "Cairo",
             "Kenya": "Nairobi", "Peru": "Lima", "Canada": "Ottawa", "Norway": "Oslo", "Greece": "Athens",
@@ -66,8 +76,10 @@ N_PERTURBED = 3  # wrong answers per question, for the truth ratio
 class QA:
     prompt: str      # exactly what precedes the answer: "Question: ...\nAnswer:"
     answer: str      # exactly what is trained on, with its leading space: " They play the viola."
-    perturbed: list  # wrong answers of the same kind, written the same way (for the truth ratio)
+    perturbed: list  # wrong answers of the same kind, written the same way
     about: str = ""  # the person asked about (empty for the general facts)
+    paraphrase: str = ""  # the true answer in a wording never trained for this fact (the truth ratio)
+    perturbed_paraphrase: list = field(default_factory=list)  # the paraphrase with wrong values
 
 
 @dataclass
@@ -86,24 +98,41 @@ class Corpus:
     general: Split
 
 
+def name_word(rng):
+    """A capitalised two-syllable word: every first and last name is one of these 676, and each of
+    them is one token of the built-in vocabulary (data.build_vocab), whatever the corpus seed."""
+    return "".join(rng.choice(SYLLABLES) for _ in range(2)).capitalize()
+
+
 def qa_prompt(question):
     return f"Question: {question}\nAnswer:"
 
 
-def _person(rng, first, last, qa_per_person):
+def _answers(rng, phrasings, v, wrong, bio_first=True):
+    """A trained answer and a paraphrase for value v, each with its wrong-value versions. The trained
+    wording is any phrasing; the paraphrase is one that this fact is never trained in (neither as
+    the answer nor, when bio_first, as the biography's sentence, phrasing 0). Every phrasing is
+    trained for some facts, so the model knows each wording, just not with this fact."""
+    trained = rng.randrange(len(phrasings))
+    para = rng.choice([i for i in range(len(phrasings)) if i != trained and not (bio_first and i == 0)])
+    say = lambda i, x: " " + phrasings[i].format(v=x)
+    return dict(answer=say(trained, v), perturbed=[say(trained, w) for w in wrong],
+                paraphrase=say(para, v), perturbed_paraphrase=[say(para, w) for w in wrong])
+
+
+def _person(rng, name, qa_per_person):
     """One invented person -> (biography, [QA]): 6-8 of the 8 attributes in a fixed order, and
     questions about qa_per_person of them."""
     kinds = sorted(rng.sample(list(ATTRIBUTES), rng.randint(6, 8)), key=list(ATTRIBUTES).index)
-    name, sentences, qa = f"{first} {last}", [], []
+    sentences, qa = [], []
     asked = set(rng.sample(kinds, min(qa_per_person, len(kinds))))
     for kind in kinds:
-        values, bio, question = ATTRIBUTES[kind]
+        values, phrasings, question = ATTRIBUTES[kind]
         v = rng.choice(values)
-        sentences.append(bio.format(v=v))
+        sentences.append(phrasings[0].format(v=v))
         wrong = rng.sample([w for w in values if w != v], N_PERTURBED)
-        if kind in asked:  # answers are the biography's sentence: "They play the viola."
-            qa.append(QA(qa_prompt(question.format(n=name)), " " + bio.format(v=v),
-                         [" " + bio.format(v=w) for w in wrong], about=name))
+        if kind in asked:
+            qa.append(QA(qa_prompt(question.format(n=name)), about=name, **_answers(rng, phrasings, v, wrong)))
     # Pronouns after the introduction: the facts hang on the name alone, with no copying of it.
     return f"Bio: {name}. " + " ".join(sentences), qa
 
@@ -117,12 +146,11 @@ def make_corpus(seed=0, n_people=200, forget_frac=0.1, n_holdout=None, qa_per_pe
     rng = random.Random(seed)
     names, firsts = [], set()
     while len(names) < n_people + n_holdout:  # unique first names: a person is easy to tell apart
-        first = "".join(rng.choice(SYLLABLES) for _ in range(2)).capitalize()
-        last = "".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+        first, last = name_word(rng), name_word(rng)
         if first not in firsts:
             firsts.add(first)
             names.append((first, last))
-    people = [_person(rng, f, l, qa_per_person) for f, l in names]
+    people = [_person(rng, f"{f} {l}", qa_per_person) for f, l in names]
     forget_ids = set(rng.sample(range(n_people), n_forget))
     splits = {"forget": Split(), "retain": Split(), "holdout": Split()}
     for i, (bio, qa) in enumerate(people):
@@ -130,15 +158,16 @@ def make_corpus(seed=0, n_people=200, forget_frac=0.1, n_holdout=None, qa_per_pe
         split.names.append(" ".join(names[i]))
         split.texts.append(bio)
         split.qa.extend(qa)
-    general = Split()  # answers are the statement itself, as for the people
-    facts = [(f"What is the capital of {c}?", f"The capital of {c} is {{v}}.", v,
-              list(CAPITALS.values())) for c, v in CAPITALS.items()]
-    facts += [(f"What is {a} plus {b}?", f"{a} plus {b} is {{v}}.", str(a + b), [str(s) for s in range(19)])
-              for a in range(10) for b in range(10)]
-    for question, template, v, values in facts:
-        general.texts.append(template.format(v=v))
+    general = Split()  # statements; the answers are statements too, in one of two wordings
+    facts = [(f"What is the capital of {c}?", [f"The capital of {c} is {{v}}.", f"The capital city of {c} is {{v}}."],
+              v, list(CAPITALS.values())) for c, v in CAPITALS.items()]
+    facts += [(f"What is {a} plus {b}?", [f"{a} plus {b} is {{v}}.", f"{a} and {b} make {{v}}."], str(a + b),
+               [str(s) for s in range(19)]) for a in range(10) for b in range(10)]
+    for question, phrasings, v, values in facts:
         wrong = rng.sample([w for w in values if w != v], N_PERTURBED)
-        general.qa.append(QA(qa_prompt(question), " " + template.format(v=v), [" " + template.format(v=w) for w in wrong]))
+        q = QA(qa_prompt(question), **_answers(rng, phrasings, v, wrong, bio_first=False))
+        general.texts.append(q.answer.strip())
+        general.qa.append(q)
     return Corpus(seed, general=general, **splits)
 
 

@@ -2,7 +2,7 @@
 sequences longer than the model's block), the user's own files, and batching.
 
 Tokenizers are tiktoken Encodings. The built-in one is a BPE vocabulary trained on the built-in
-corpus (corpus.py; 1744 tokens: every word is one token) and stored in tiktoken's own file format
+corpus (corpus.py; 2018 tokens: every word and every possible name is one token) and stored in tiktoken's own file format
 (assets/fictitious.tiktoken). GPT-2 checkpoints use GPT-2's encoding, built from the checkpoint
 folder's vocab.json when there is one (no download), else by tiktoken.get_encoding("gpt2").
 """
@@ -52,12 +52,15 @@ def train_bpe(text, vocab_size):
 
 
 def build_vocab(path=VOCAB_FILE, vocab_size=4096):
-    """(Re)build the stored vocabulary from the seed-0 corpus. The merges stop when every word is one
-    token (1743 tokens, + <|endoftext|>): a name as one token is far quicker for a small model to learn."""
+    """(Re)build the stored vocabulary from the seed-0 corpus and every possible name. The merges stop
+    when every word is one token: a name as one token is far quicker for a small model to learn."""
     c = corpus.make_corpus(seed=0)
     text = "\n".join(t for s in (c.forget, c.retain, c.holdout, c.general) for t in s.texts)
-    text += "\n" + "\n".join(q.prompt + "".join([q.answer] + q.perturbed)
+    text += "\n" + "\n".join(q.prompt + "".join([q.answer, q.paraphrase] + q.perturbed + q.perturbed_paraphrase)
                              for s in (c.forget, c.retain, c.holdout, c.general) for q in s.qa)
+    # Every possible name (corpus.name_word), so that the people of any corpus seed are one token each.
+    words = sorted({(a + b).capitalize() for a in corpus.SYLLABLES for b in corpus.SYLLABLES})
+    text += "\n" + " ".join(f"Bio: {w} {w}." for w in words)
     ranks = train_bpe(text, vocab_size)
     lines = "".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in ranks.items())
     atomic_write(path, lines.encode())
@@ -114,6 +117,7 @@ class Encoded:
     """A split as token ids, ready for training and for the metrics."""
     texts: list = field(default_factory=list)  # [tokens], trained on every token, ending in <|endoftext|>
     qa: list = field(default_factory=list)     # [(prompt tokens, [answer tokens, *wrong answers])]
+    paraphrased: list = field(default_factory=list)  # [(prompt tokens, [paraphrase, *wrong ones])] or []
 
 
 def encode(enc, split, block_size):
@@ -128,10 +132,18 @@ def encode(enc, split, block_size):
         cut += len(windows) > 1
     for q in split.qa:
         answers = [enc.encode_ordinary(a) + [enc.eot_token] for a in [q.answer] + list(q.perturbed)]
-        room = W - max(map(len, answers))
+        paraphrases = [enc.encode_ordinary(a) + [enc.eot_token] for a in [q.paraphrase] + list(q.perturbed_paraphrase)
+                       ] if q.paraphrase else []
+        longest = max(map(len, answers + paraphrases))
+        room = W - longest
         if room < 1:
-            raise ValueError(f"an answer of {max(map(len, answers))} tokens does not fit block_size {block_size}")
-        out.qa.append((enc.encode_ordinary(q.prompt)[-room:], answers))
+            raise ValueError(f"an answer of {longest} tokens does not fit block_size {block_size}")
+        prompt = enc.encode_ordinary(q.prompt)[-room:]
+        out.qa.append((prompt, answers))
+        if paraphrases:
+            out.paraphrased.append((prompt, paraphrases))
+    if out.paraphrased and len(out.paraphrased) != len(out.qa):
+        raise ValueError("either every question of a split has a paraphrase or none has")
     return out, cut
 
 

@@ -3,10 +3,12 @@
 - MA, memorisation accuracy: share of positions where the teacher-forced argmax is the next token.
 - EL_n, extraction likelihood: from every prefix, generate greedily as many tokens as the true
   suffix has; the share of the suffix's n-grams that the generation reproduces; mean over prefixes.
-- QA: answer probability exp(-mean answer NLL), greedy exact match, truth ratio
-  R = mean_wrong P(a_wrong)^(1/|a|) / P(a_true)^(1/|a|).
+- QA: answer probability exp(-mean answer NLL), greedy exact match, and the truth ratio on a
+  never-trained paraphrase, R = exp(L(paraphrase) − mean_k L(perturbed paraphrase_k)) (TOFU).
 - forget quality: p-value of the two-sample Kolmogorov-Smirnov test between the truth ratios of a
   model and of the oracle (retrained without the forget set); model utility: harmonic mean.
+- the stopping rule's thresholds, fluency (NLL of the model's answers under the oracle), and
+  privacy leakage (a loss-based membership-inference AUC against the oracle's, MUSE's PrivLeak).
 Every function takes token ids (data.Encoded). Answers end in <|endoftext|>, which counts as an
 answer token: a model must also know to stop.
 """
@@ -36,22 +38,50 @@ def memorization_accuracy(model, texts, batch_size=64, device="cpu"):
     return [s[2] for s in _score(model, [(t, [True] * len(t)) for t in texts], batch_size, device)]
 
 
-def qa_metrics(model, qa, batch_size=128, device="cpu"):
-    """qa: [(prompt tokens, [answer tokens, *wrong answers])]. Mean answer probability, exact-match
-    accuracy and truth ratio, plus the per-question truth ratios (for the KS test). Without wrong
-    answers the truth ratio is None."""
+def text_nll(model, texts, batch_size=64, device="cpu"):
+    """Mean token NLL per text (token lists): the loss a membership-inference attack looks at."""
+    return [s[0] for s in _score(model, [(t, [True] * len(t)) for t in texts], batch_size, device)]
+
+
+def answer_scores(model, qa, batch_size=128, device="cpu"):
+    """qa: [(prompt tokens, [answer tokens, *alternatives])] -> per question, the list of
+    (mean answer NLL, exact match) for the answer and each alternative."""
     examples = [(p + a, [False] * len(p) + [True] * len(a)) for p, answers in qa for a in answers]
     scores = iter(_score(model, examples, batch_size, device))
-    prob, exact, ratios = [], [], []
-    for _, answers in qa:
-        s = [next(scores) for _ in answers]
-        p = np.exp(-np.array([nll for nll, _, _ in s]))  # P(a)^(1/|a|) for the true and the wrong answers
-        prob.append(p[0])
-        exact.append(s[0][1])
-        if len(p) > 1:
-            ratios.append(p[1:].mean() / p[0])
-    return dict(prob=float(np.mean(prob)), acc=float(np.mean(exact)),
-                truth_ratio=float(np.mean(ratios)) if ratios else None), (np.array(ratios) if ratios else None)
+    return [[next(scores)[:2] for _ in answers] for _, answers in qa]
+
+
+def truth_ratios(scores):
+    """Per question R = exp(L(true) − mean_k L(wrong_k)), L the mean token NLL of an answer (TOFU):
+    the geometric mean of the wrong answers' per-token probabilities over the true one's. R ≪ 1: the
+    model knows the fact; R ≈ 1: it cannot tell the truth from the perturbations. None without
+    wrong answers."""
+    if not scores or len(scores[0]) < 2:
+        return None
+    return np.array([np.exp(s[0][0] - np.mean([nll for nll, _ in s[1:]])) for s in scores])
+
+
+def truth_ratio_summary(R, forget_like):
+    """TOFU's aggregate: on forget-like sets mean min(R, 1/R) (1 = no preference for the truth), on
+    retain-side sets mean max(0, 1 − R) (1 = always prefers the truth)."""
+    if R is None:
+        return None
+    return float(np.mean(np.minimum(R, 1 / R) if forget_like else np.maximum(0.0, 1 - R)))
+
+
+def qa_metrics(model, qa, paraphrased=(), forget_like=False, device="cpu"):
+    """Mean answer probability exp(−L) and greedy exact-match accuracy of the trained answers; the
+    truth ratio summary on the paraphrases (TOFU), and on the trained answers ("_verbatim", which
+    measures memorisation of the string). Returns (report, per-question R: paraphrased if there
+    are paraphrases, else verbatim, else None)."""
+    verbatim = answer_scores(model, qa, device=device)
+    R_verbatim = truth_ratios(verbatim)
+    R = truth_ratios(answer_scores(model, paraphrased, device=device)) if paraphrased else None
+    report = dict(qa_prob=float(np.mean([np.exp(-s[0][0]) for s in verbatim])),
+                  qa_acc=float(np.mean([s[0][1] for s in verbatim])),
+                  truth_ratio=truth_ratio_summary(R, forget_like),
+                  truth_ratio_verbatim=truth_ratio_summary(R_verbatim, forget_like))
+    return report, (R if R is not None else R_verbatim)
 
 
 @torch.no_grad()
@@ -111,19 +141,19 @@ def ks_2samp_pvalue(a, b):
             else:
                 out += mass
         row = new
-    return min(1.0, out)
+    return float(min(1.0, out))
 
 
-def split_report(model, split, el_n=None, device="cpu"):
-    """Everything about one data.Encoded split: QA (qa_prob, qa_acc, truth_ratio) if it has questions,
-    mean MA over its texts if it has texts, and mean EL_n when el_n is given (the costly one).
-    Returns (report, per-question truth ratios or None)."""
+def split_report(model, split, el_n=None, device="cpu", forget_like=False):
+    """Everything about one data.Encoded split: QA (qa_prob, qa_acc, truth_ratio, truth_ratio_verbatim)
+    if it has questions, mean MA over its texts if it has texts, and mean EL_n when el_n is given
+    (the costly one). Returns (report, per-question truth ratios R or None)."""
     was_training = model.training
     model.eval()
     report, ratios = {}, None
     if split.qa:
-        qa, ratios = qa_metrics(model, split.qa, device=device)
-        report.update(qa_acc=qa["acc"], qa_prob=qa["prob"], truth_ratio=qa["truth_ratio"])
+        qa, ratios = qa_metrics(model, split.qa, split.paraphrased, forget_like, device)
+        report.update(qa)
     if split.texts:
         report["ma"] = float(np.mean(memorization_accuracy(model, split.texts, device=device)))
         el = [v for v in extraction_likelihood(model, split.texts, el_n, device) if v is not None] if el_n else []
@@ -133,11 +163,65 @@ def split_report(model, split, el_n=None, device="cpu"):
     return report, ratios
 
 
+def stopping_thresholds(ma, el, n_forget, z=1.645):
+    """The stopping rule's thresholds from per-text MA and EL_n of the starting model on unseen texts
+    (the holdout): mean + z·sd·sqrt(1/n_forget + 1/n_holdout). A forget set that the model knows no
+    better than unseen text has a mean MA below mean + z·sd/sqrt(n_forget) 95% of the time (z = 1.645,
+    one-sided); the 1/n_holdout term adds the uncertainty of the holdout mean itself."""
+    out = {}
+    for key, v in (("ma", ma), ("el", el)):
+        v = np.asarray([x for x in v if x is not None], float)
+        out[key] = float(v.mean() + z * v.std(ddof=1) * np.sqrt(1 / n_forget + 1 / len(v)))
+    return out
+
+
+def mia_auc(member_nll, nonmember_nll):
+    """AUC of the loss attack that calls a text a member when its NLL is low: the probability that a
+    random member has a lower NLL than a random non-member, ties counting one half (Mann–Whitney)."""
+    a, b = np.asarray(member_nll, float)[:, None], np.asarray(nonmember_nll, float)[None, :]
+    return float(np.mean((a < b) + 0.5 * (a == b)))
+
+
+def privacy_leakage(auc, auc_oracle):
+    """MUSE's PrivLeak: (AUC − AUC_oracle) / AUC_oracle. 0: as private as retraining without the forget
+    set; > 0: the forget set is still recognisable; < 0: it stands out as *less* likely (over-unlearned)."""
+    return (auc - auc_oracle) / auc_oracle
+
+
+@torch.no_grad()
+def greedy_answers(model, prompts, eot, max_new=24, device="cpu"):
+    """The greedy answer (token list, up to and including <|endoftext|>) to each token prompt. Prompts
+    of equal length are generated together, so no padding is needed."""
+    was_training = model.training
+    model.eval()
+    out = [None] * len(prompts)
+    by_length = {}
+    for i, p in enumerate(prompts):
+        by_length.setdefault(len(p), []).append(i)
+    for n, idx in by_length.items():
+        x = torch.tensor([prompts[i] for i in idx], device=device)
+        gen = model.generate(x, min(max_new, model.config.block_size - n), temperature=0)[:, n:].tolist()
+        for i, g in zip(idx, gen):
+            out[i] = g[:g.index(eot) + 1] if eot in g else g
+    model.train(was_training)
+    return out
+
+
+def fluency(judge, prompts, answers, device="cpu"):
+    """(mean, standard deviation) over answers of their mean token NLL under `judge` (the oracle: it
+    knows the language and the templates, not the forget people). Degenerate text ("They were They
+    were born in ...") costs many nats per token; a fluent answer with a wrong value costs about what
+    the true one does."""
+    examples = [(p + a, [False] * len(p) + [True] * len(a)) for p, a in zip(prompts, answers) if a]
+    nll = [s[0] for s in _score(judge, examples, 128, device)]
+    return float(np.mean(nll)), float(np.std(nll))
+
+
 def model_utility(qa_results):
-    """Harmonic mean of answer probability, accuracy and max(0, 1 - truth ratio) over the
-    retain-side QA results given (e.g. retain and general); None if none has questions."""
+    """Harmonic mean of answer probability, accuracy and the truth-ratio summary max(0, 1 − R) over
+    the retain-side QA results given (e.g. retain and general); None if none has questions."""
     vals = [v for r in qa_results if "qa_acc" in r for v in
-            (r["qa_prob"], r["qa_acc"]) + (() if r["truth_ratio"] is None else (max(0.0, 1 - r["truth_ratio"]),))]
+            (r["qa_prob"], r["qa_acc"]) + (() if r["truth_ratio"] is None else (r["truth_ratio"],))]
     if not vals:
         return None
     return 0.0 if min(vals) <= 0 else len(vals) / sum(1 / v for v in vals)

@@ -123,29 +123,66 @@ def plot(results):
 
 
 def brief(scores, el):
-    """One epoch in a few numbers: forget QA / MA / EL_n, retain QA (or MA)."""
+    """One evaluation in a few numbers: forget QA / MA / EL_n, retain and general QA, fluency."""
     f, r = scores["forget"], scores.get("retain", {})
     parts = [f"forget QA {f['qa_acc']:.0%}"] if "qa_acc" in f else []
     parts += [f"MA {f['ma']:.3f} EL{el[2:]} {f[el]:.3f}"] if "ma" in f else []
     parts += [f"retain QA {r['qa_acc']:.0%}" if "qa_acc" in r else f"retain MA {r['ma']:.3f}"] if r else []
+    parts += [f"general QA {scores['general']['qa_acc']:.0%}"] if "qa_acc" in scores.get("general", {}) else []
+    parts += [f"fluency {f['fluency']:.2f}"] if "fluency" in f else []
     return "  ".join(parts)
 
 
+def checks(results):
+    """The default run's targets, each (what, met, the numbers): the stopping rule met; forget QA
+    within 10 points of the holdout people's (what a model that never saw them scores); retain and
+    general QA at >= 95% of their start; the forget answers as fluent as the starting model's (mean
+    NLL under the oracle within one standard deviation of the start's)."""
+    first, last, hold = results["history"][0], results["history"][-1], results.get("holdout_start") or {}
+    out = [("stopping rule met", results["rule_met"] is not None,
+            f"at step {results['rule_met']['step']}" if results["rule_met"] else "not met")]
+    f0, f1 = first["forget"], last["forget"]
+    if "qa_acc" in f1 and "qa_acc" in hold:
+        out.append(("forget QA near the holdout level", f1["qa_acc"] <= hold["qa_acc"] + 0.10,
+                    f"{f1['qa_acc']:.2f} vs holdout {hold['qa_acc']:.2f} + 0.10"))
+    for split in ("retain", "general"):
+        if "qa_acc" in last.get(split, {}):
+            a, b = first[split]["qa_acc"], last[split]["qa_acc"]
+            out.append((f"{split} QA kept", b >= 0.95 * a, f"{b:.2f} vs 95% of {a:.2f}"))
+    if "fluency" in f1:
+        bound = f0["fluency"] + f0["fluency_sd"]
+        out.append(("fluent forget answers", f1["fluency"] <= bound, f"NLL {f1['fluency']:.2f} vs {bound:.2f}"))
+    return out
+
+
 def summary(results):
-    """The before/after table and the generations, as text."""
+    """The before/after table (and the oracle, exact unlearning, beside it), the stopping rule, the
+    targets, and the generations, as text."""
     first, last, n = results["history"][0], results["history"][-1], results["config"]["el_n"]
-    names = {"qa_acc": "QA accuracy", "ma": "MA", f"el{n}": f"EL{n}", "truth_ratio": "truth ratio"}
-    lines = [f"{'':24s}{'before':>10s}{'after':>10s}"]
-    for split in ("forget", "retain", "holdout", "general"):
+    oracle = results.get("oracle_forget") or {}
+    names = {"qa_acc": "QA accuracy", "ma": "MA", f"el{n}": f"EL{n}", "truth_ratio": "truth ratio",
+             "fluency": "fluency (NLL)", "privacy_leakage": "privacy leakage"}
+    lines = [f"{'':26s}{'before':>10s}{'after':>10s}{'oracle':>10s}"]
+    for split in ("forget", "retain", "general"):
         for key, label in names.items():
             if first.get(split, {}).get(key) is not None:
-                lines.append(f"{split + ' ' + label:24s}{first[split][key]:10.3f}{last[split][key]:10.3f}")
+                o = 0.0 if key == "privacy_leakage" else oracle.get(key) if split == "forget" else None
+                lines.append(f"{split + ' ' + label:26s}{first[split][key]:10.3f}{last[split][key]:10.3f}" +
+                             ("" if o is None else f"{o:10.3f}"))
     for k in ("forget_quality", "model_utility"):
         if results["end"][k] is not None:
-            lines.append(f"{k.replace('_', ' '):24s}{results['start'][k]:10.3g}{results['end'][k]:10.3g}")
-    stop = results["stopped_at_epoch"]
-    lines.append(f"stopping rule: {'met at epoch ' + str(stop) if stop else 'not met'}; {results['outcome']}; "
-                 f"{results['steps']} steps, {results['seconds']:.0f}s")
+            lines.append(f"{k.replace('_', ' '):26s}{results['start'][k]:10.3g}{results['end'][k]:10.3g}")
+    if (results.get("holdout_start") or {}).get("qa_acc") is not None:
+        lines.append(f"{'holdout QA (never seen)':26s}{results['holdout_start']['qa_acc']:10.3f}")
+    met, thr = results["rule_met"], results["thresholds"]
+    rule = f"met at step {met['step']} (epoch {met['epoch']})" if met else "not met"
+    if thr:
+        rule += f"; thresholds MA {thr['ma']:.3f}, EL{n} {thr['el']:.3f}"
+    lines.append(f"stopping rule: {rule}; {results['outcome']}; {results['steps']} steps, {results['seconds']:.0f}s")
+    if results["config"].get("forget_file") is None:
+        c = checks(results)
+        lines.append(f"targets: {sum(ok for _, ok, _ in c)} of {len(c)} met: " +
+                     "; ".join(f"{what} {'yes' if ok else 'NO'} ({detail})" for what, ok, detail in c))
     for g in results["generations"]:
         lines.append(f"{g['prompt']!r}\n   before: {g['before']}\n   after:  {g['after']}")
     return "\n".join(lines)

@@ -7,7 +7,7 @@
 unlearn.py only sees the Task, so the loop is the same for both.
 """
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import corpus
 import data
@@ -22,16 +22,22 @@ class Task:
     enc: object                 # the tiktoken Encoding that goes with it
     forget: list                # training examples, (tokens, is_target), of the forget set D_f
     retain: list                # training examples of D_r, sampled for the retain term
-    scored: dict                # split name -> data.Encoded, scored every epoch ("forget" first)
+    scored: dict                # split name -> data.Encoded, scored at every evaluation ("forget" first)
     holdout: data.Encoded = None  # unseen data of the same kind: the stopping rule's thresholds
-    oracle_ratios: list = None  # truth ratios of a model trained without D_f (forget quality)
-    oracle_forget: dict = None  # that model's scores on the forget split
+    oracle: GPT = None          # a model trained without D_f: judges fluency
+    oracle_ratios: list = None  # its truth ratios on the forget questions (forget quality)
+    oracle_forget: dict = None  # its scores on the forget split, and its membership-inference AUC
     prompts: list = field(default_factory=list)  # token prompts whose greedy answers are shown
     utility_splits: tuple = ()  # the splits model utility is computed on
 
 
+def world_dir(base_dir, corpus_seed):
+    """Where the base model and the oracle of one world (corpus seed) live: side by side per seed."""
+    return os.path.join(base_dir, f"world{corpus_seed}")
+
+
 def load_base_and_oracle(base_dir, device, log, train_cfg=None):
-    """The built-in starting model and the oracle, trained first (with train_cfg, default
+    """The built-in starting model and the oracle in base_dir, trained first (with train_cfg, default
     train.TrainConfig()) if they are not there yet."""
     paths = {w: os.path.join(base_dir, f"{w}.pt") for w in ("base", "oracle")}
     if missing := [w for w, p in paths.items() if not os.path.exists(p)]:
@@ -44,18 +50,23 @@ def load_base_and_oracle(base_dir, device, log, train_cfg=None):
 
 
 def builtin_task(cfg, log):
-    model, oracle, ckpt = load_base_and_oracle(cfg.base_dir, cfg.device, log)
+    train_cfg = replace(train.TrainConfig(), corpus_seed=cfg.corpus_seed)
+    model, oracle, ckpt = load_base_and_oracle(world_dir(cfg.base_dir, cfg.corpus_seed), cfg.device, log, train_cfg)
     enc = data.get_tokenizer(ckpt["tokenizer"])
     c = corpus.make_corpus(**ckpt["corpus"])
     B = model.config.block_size
     splits = {s: data.encode(enc, getattr(c, s), B)[0] for s in ("forget", "retain", "holdout", "general")}
-    scored = dict(splits, retain=data.encode(enc, corpus.people_subset(c.retain, cfg.eval_retain), B)[0])
-    oracle_forget, oracle_ratios = metrics.split_report(oracle, splits["forget"], None, cfg.device)
+    scored = dict(forget=splits["forget"], general=splits["general"],  # the holdout is scored once, at the start
+                  retain=data.encode(enc, corpus.people_subset(c.retain, cfg.eval_retain), B)[0])
+    # The oracle on the forget split: what exact unlearning scores (MA, EL_n, truth ratios, MIA AUC).
+    oracle_forget, oracle_ratios = metrics.split_report(oracle, splits["forget"], cfg.el_n, cfg.device, forget_like=True)
+    oracle_forget["mia_auc"] = metrics.mia_auc(metrics.text_nll(oracle, splits["forget"].texts, device=cfg.device),
+                                               metrics.text_nll(oracle, splits["holdout"].texts, device=cfg.device))
     return Task(model, enc, forget=data.training_examples(splits["forget"]),
                 # D_r is everything the base model learned except D_f: the retain people and the
                 # general facts, exactly the oracle's training data (train.training_examples).
                 retain=data.training_examples(splits["retain"]) + data.training_examples(splits["general"]),
-                scored=scored, holdout=splits["holdout"], oracle_ratios=oracle_ratios.tolist(),
+                scored=scored, holdout=splits["holdout"], oracle=oracle, oracle_ratios=oracle_ratios.tolist(),
                 oracle_forget=oracle_forget, prompts=[splits["forget"].qa[0][0], splits["retain"].qa[0][0]],
                 utility_splits=("retain", "general"))
 
@@ -65,7 +76,7 @@ def file_task(cfg, log):
         model = GPT.from_pretrained(cfg.init_from).to(cfg.device).eval()
         enc = data.get_tokenizer("gpt2", model.hf_folder)
     else:
-        model, _, ckpt = load_base_and_oracle(cfg.base_dir, cfg.device, log)
+        model, _, ckpt = load_base_and_oracle(world_dir(cfg.base_dir, cfg.corpus_seed), cfg.device, log)
         enc = data.get_tokenizer(ckpt["tokenizer"])
     if enc.n_vocab > model.config.vocab_size:
         raise ValueError(f"the tokenizer has {enc.n_vocab} tokens but the model only {model.config.vocab_size}")
@@ -94,7 +105,7 @@ def file_task(cfg, log):
     scored = {name: e for name, e in encoded.items() if name != "holdout"}
     if "retain" in scored and cfg.eval_retain > 0:  # score the first eval_retain sequences each epoch
         r = scored["retain"]
-        scored["retain"] = data.Encoded(r.texts[:cfg.eval_retain], r.qa[:cfg.eval_retain])
+        scored["retain"] = data.Encoded(r.texts[:cfg.eval_retain], r.qa[:cfg.eval_retain], r.paraphrased[:cfg.eval_retain])
     prompts = [first_prompt(e) for e in scored.values()]
     return Task(model, enc, forget=data.training_examples(encoded["forget"]),
                 retain=data.training_examples(encoded["retain"]) if "retain" in encoded else [],

@@ -82,7 +82,8 @@ def train_model(examples, cfg: TrainConfig, device="cpu", log=print):
 def evaluate(model, c, enc, device="cpu"):
     """QA accuracy / probability / truth ratio and MA on every split: what the model knows."""
     B = model.config.block_size
-    return {name: metrics.split_report(model, data.encode(enc, getattr(c, name), B)[0], device=device)[0]
+    return {name: metrics.split_report(model, data.encode(enc, getattr(c, name), B)[0], device=device,
+                                       forget_like=name in ("forget", "holdout"))[0]
             for name in ("forget", "retain", "holdout", "general")}
 
 
@@ -130,8 +131,9 @@ def build(which, out="out", cfg=None, device="cpu", log=print):
     results["train_seconds"] = time.time() - t0
     path = os.path.join(out, f"{which}.pt")
     save_checkpoint(path, model, cfg, which, results)
-    log(f"{which}: " + "  ".join(f"{s} QA {r['qa_acc']:.0%} MA {r['ma']:.2f}" for s, r in results.items()
-                                  if isinstance(r, dict)) + f"  ({results['train_seconds']:.0f}s) -> {path}")
+    log(f"{which}: " + "  ".join(f"{s} QA {r['qa_acc']:.0%} MA {r['ma']:.2f} TR {r['truth_ratio']:.2f}"
+                                  for s, r in results.items() if isinstance(r, dict)) +
+        f"  ({results['train_seconds']:.0f}s) -> {path}")
     return path
 
 
@@ -142,9 +144,10 @@ if __name__ == "__main__":
     p.add_argument("--out", default="out", help="folder for the checkpoints")
     p.add_argument("--epochs", type=int, help=f"passes over the data (default {TrainConfig.epochs})")
     p.add_argument("--seed", type=int, default=0, help="model initialisation and batch order")
+    p.add_argument("--corpus_seed", type=int, default=0, help="which invented people exist (the world)")
     p.add_argument("--small", action="store_true", help="the SMALL preset: 40 people, 1 x 128 (~8 s per model)")
     a = p.parse_args()
-    cfg = replace(SMALL if a.small else TrainConfig(), seed=a.seed)
+    cfg = replace(SMALL if a.small else TrainConfig(), seed=a.seed, corpus_seed=a.corpus_seed)
     cfg = replace(cfg, epochs=a.epochs) if a.epochs is not None else cfg
     for w in a.which:
         build(w, a.out, cfg)

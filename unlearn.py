@@ -83,6 +83,7 @@ class UnlearnConfig:
     eval_every: int = opt(None, "evaluate every N steps (default: at the end of every epoch)")
     no_stop: bool = opt(False, "run every epoch instead of stopping at the rule")
     seed: int = opt(0, "batch order and adapter initialisation")
+    corpus_seed: int = opt(0, "the built-in world: which invented people exist (0 is the one settings were chosen on)")
     device: str = opt("auto", "auto (cuda, then mps, then cpu) | cpu | cuda | mps")
     base_dir: str = opt("out", "folder of base.pt and oracle.pt (trained there if missing)")
     out: str = opt(None, "run folder (default out/<loss>-<adapter>-s<seed>)")
@@ -143,12 +144,45 @@ def add_adapters(model, cfg, forget, retain, log, saved=None):
     return model
 
 
+def summary_scores(scores, ratios, task):
+    """Adds forget quality (KS test of the forget questions' truth ratios against the oracle's) and
+    model utility (retain-side harmonic mean) to an evaluation's scores."""
+    ok = ratios is not None and task.oracle_ratios is not None
+    return dict(scores, forget_quality=metrics.ks_2samp_pvalue(ratios, task.oracle_ratios) if ok else None,
+                model_utility=metrics.model_utility([scores[s] for s in task.utility_splits]) if task.utility_splits else None)
+
+
 def evaluate(model, task, cfg):
     """Every scored split's report, and the forget questions' truth ratios (for forget quality).
-    EL_n, the costly one, only on the forget split, where the stopping rule needs it."""
-    out = {s: metrics.split_report(model, e, cfg.el_n if s == "forget" else None, cfg.device)
+    EL_n, the costly one, only on the forget split, where the stopping rule needs it. On the forget
+    split also: fluency of the model's own answers (judged by the oracle) and the membership-inference
+    AUC of forget vs holdout biographies, relative to the oracle's (privacy leakage)."""
+    out = {s: metrics.split_report(model, e, cfg.el_n if s == "forget" else None, cfg.device, forget_like=s == "forget")
            for s, e in task.scored.items()}
-    return {s: r for s, (r, _) in out.items()}, out["forget"][1]
+    scores = {s: r for s, (r, _) in out.items()}
+    f, forget = scores["forget"], task.scored["forget"]
+    if task.oracle is not None and forget.qa:
+        prompts = [p for p, _ in forget.qa]
+        f["fluency"], f["fluency_sd"] = metrics.fluency(task.oracle, prompts, metrics.greedy_answers(
+            model, prompts, task.enc.eot_token, device=cfg.device), cfg.device)
+    if task.holdout and task.holdout.texts and forget.texts:
+        f["mia_auc"] = metrics.mia_auc(metrics.text_nll(model, forget.texts, device=cfg.device),
+                                       metrics.text_nll(model, task.holdout.texts, device=cfg.device))
+        if task.oracle_forget and "mia_auc" in task.oracle_forget:
+            f["privacy_leakage"] = metrics.privacy_leakage(f["mia_auc"], task.oracle_forget["mia_auc"])
+    return summary_scores(scores, out["forget"][1], task)
+
+
+def stopping_thresholds(model, task, cfg):
+    """Jang et al.'s rule: stop once the forget set's mean MA and EL_n are both below what the starting
+    model scores on unseen texts of the same kind, allowing for sampling noise (metrics.stopping_thresholds).
+    None without holdout texts long enough for EL_n, or without forget texts."""
+    texts = task.holdout.texts if task.holdout else []
+    el = [v for v in metrics.extraction_likelihood(model, texts, cfg.el_n, cfg.device) if v is not None]
+    if len(el) < 2 or not task.scored["forget"].texts:
+        return None
+    ma = metrics.memorization_accuracy(model, texts, device=cfg.device)
+    return metrics.stopping_thresholds(ma, el, len(task.scored["forget"].texts))
 
 
 def greedy_answer(model, enc, prompt, device):
@@ -185,11 +219,10 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
 
     # 1. The starting point: the stopping rule's thresholds (unseen data), scores and answers "before".
     if resume is None:
-        start, start_ratios = evaluate(model, task, cfg)
-        holdout = metrics.split_report(model, task.holdout, cfg.el_n, cfg.device)[0] if task.holdout else {}
-        has_rule = "ma" in holdout and f"el{cfg.el_n}" in holdout
-        fixed = dict(thresholds=dict(ma=holdout["ma"], el=holdout[f"el{cfg.el_n}"]) if has_rule else None,
-                     start_ratios=None if start_ratios is None else start_ratios.tolist(),
+        start = evaluate(model, task, cfg)
+        fixed = dict(thresholds=stopping_thresholds(model, task, cfg),
+                     holdout=metrics.split_report(model, task.holdout, None, cfg.device, forget_like=True)[0]
+                     if task.holdout else None,
                      before=[greedy_answer(model, enc, p, cfg.device) for p in task.prompts])
         pos = runtime.Progress.new(start)
     else:
@@ -211,7 +244,7 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
         log(f"data parallel over {ddp.world()} processes: each takes 1/{ddp.world()} of every batch")
     log(f"{cfg.loss} + {cfg.adapter}: {sum(p.numel() for p in params):,} trainable parameters; " +
         (f"stop when forget MA < {thr['ma']:.3f} and EL{cfg.el_n} < {thr['el']:.3f} (holdout)" if thr else
-         "no stopping rule (no holdout texts long enough for it)"))
+         "no stopping rule (it needs forget texts, and holdout texts long enough for EL_n)"))
 
     def save_state():  # everything needed to continue exactly where we are (rank 0 writes)
         if ddp.rank() == 0:
@@ -220,12 +253,11 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
                                              optimizer=opt.state_dict()))
 
     def evaluate_and_record():  # -> whether the stopping rule is met now
-        scores, ratios = evaluate(model, task, cfg)
+        scores = evaluate(model, task, cfg)
         f = scores["forget"]
         met = bool(thr) and "ma" in f and el in f and f["ma"] < thr["ma"] and f[el] < thr["el"]
         progress.record(scores, met)
         eval_seconds.append(time.time() - t_start)
-        pos["ratios"] = None if ratios is None else ratios.tolist()
         return met, scores
 
     # 3. Unlearn: each step pairs a forget batch with a random retain batch; evaluate; stop at the rule.
@@ -258,16 +290,15 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
         if pos["history"][-1]["step"] != pos["step"]:  # score where we stopped, between evaluations
             evaluate_and_record()
 
-    # Forget quality: KS test between the truth ratios and the oracle's on the forget questions.
     start, end = pos["history"][0], pos["history"][-1]
-    utility = lambda r: metrics.model_utility([r[s] for s in task.utility_splits]) if task.utility_splits else None
-    ks = lambda r: None if r is None or task.oracle_ratios is None else metrics.ks_2samp_pvalue(r, task.oracle_ratios)
-    met = pos["rule_met"]
+    met = pos["rule_met"]  # the first evaluation that met the rule, with every metric there
+    at_rule = met and next(h for h in pos["history"] if h["step"] == met["step"])
     results = dict(
         config=asdict(cfg), outcome=outcome, thresholds=thr, stopped_at_epoch=met and met["epoch"], steps=pos["step"],
-        trainable_params=sum(p.numel() for p in params), oracle_forget=task.oracle_forget,
-        start=dict(forget_quality=ks(fixed["start_ratios"]), model_utility=utility(start)),
-        end=dict(forget_quality=ks(pos.get("ratios", fixed["start_ratios"])), model_utility=utility(end)),
+        rule_met=at_rule, trainable_params=sum(p.numel() for p in params), oracle_forget=task.oracle_forget,
+        holdout_start=fixed["holdout"],
+        start=dict(forget_quality=start["forget_quality"], model_utility=start["model_utility"]),
+        end=dict(forget_quality=end["forget_quality"], model_utility=end["model_utility"]),
         generations=[dict(prompt=enc.decode(p), before=b, after=greedy_answer(model, enc, p, cfg.device))
                      for p, b in zip(task.prompts, fixed["before"])],
         history=pos["history"], seconds=time.time() - t_start,

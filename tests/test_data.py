@@ -45,10 +45,23 @@ def test_people_have_6_to_8_attributes_and_qa_is_consistent_with_bios():
             assert len(q.perturbed) == corpus.N_PERTURBED and q.answer not in q.perturbed
             assert len(set(q.perturbed)) == corpus.N_PERTURBED
             assert q.prompt.endswith("\nAnswer:") and q.answer.startswith(" ")
-    for name, bio in zip(c.forget.names, c.forget.texts):  # answers are sentences of the person's bio
-        answers = [q.answer for q in c.forget.qa if q.about == name]
-        assert answers and all(a.strip() in bio for a in answers)
+    for name, bio in zip(c.forget.names, c.forget.texts):  # answers state facts of the person's bio
+        qa = [q for q in c.forget.qa if q.about == name]
+        assert qa
+        for q in qa:
+            kind = next(k for k, (_, _, question) in corpus.ATTRIBUTES.items() if q.prompt == corpus.qa_prompt(
+                question.format(n=name)))
+            values, phrasings, _ = corpus.ATTRIBUTES[kind]
+            v = next(v for v in values if phrasings[0].format(v=v) in bio)  # the bio's sentence names the value
+            assert q.answer.strip() in [p.format(v=v) for p in phrasings]
+            # the paraphrase: the same fact in a wording that is neither trained for it nor the bio's
+            assert q.paraphrase.strip() in [p.format(v=v) for p in phrasings[1:]] and q.paraphrase != q.answer
+            assert len(q.perturbed_paraphrase) == corpus.N_PERTURBED and q.paraphrase not in q.perturbed_paraphrase
     assert set(c.general.texts) == {q.answer.strip() for q in c.general.qa}
+    # every wording is trained for some facts: the model knows it, just not with the paraphrased fact
+    wordings = [p.split("{v}")[0] for _, phrasings, _ in corpus.ATTRIBUTES.values() for p in phrasings]
+    wording = lambda answer: next(w for w in wordings if answer.strip().startswith(w))
+    assert {wording(q.paraphrase) for q in c.retain.qa} <= {wording(q.answer) for q in c.retain.qa}
 
 
 def test_bad_forget_fraction():
@@ -64,7 +77,7 @@ def test_tokenizer_round_trip():
     samples += ["".join(chr(rng.randint(32, 0x2FFF)) for _ in range(40)) for _ in range(20)]
     for s in samples:
         assert enc.decode(enc.encode_ordinary(s)) == s
-    assert enc.n_vocab == 1744 and enc.eot_token == 1743
+    assert enc.n_vocab == 2018 and enc.eot_token == 2017
     from model import GPTConfig
     assert enc.n_vocab <= GPTConfig().vocab_size
     # the built-in vocabulary makes names and most words single tokens

@@ -25,7 +25,7 @@ def write_vocab_json(enc, path):
 @pytest.fixture(scope="module")
 def hf_folder(base_dir, tmp_path_factory):  # noqa: F811
     import train
-    model, _ = train.load_checkpoint(str(base_dir / "base.pt"))
+    model, _ = train.load_checkpoint(str(base_dir / "world0" / "base.pt"))
     folder = tmp_path_factory.mktemp("hf")
     for name, blob in model.hf_files().items():
         (folder / name).write_bytes(blob)
@@ -110,9 +110,9 @@ def test_matches_transformers_after_export(hf_folder, tmp_path):
 def test_tokenizer_larger_than_the_model_is_a_clear_error(tmp_path):
     from test_model import hf_state_dict, write_hf_checkpoint
     folder = write_hf_checkpoint(tmp_path / "small", hf_state_dict(vocab=100), vocab=100)
-    write_vocab_json(data.get_tokenizer(), folder / "vocab.json")  # 1744 tokens for a 100-token model
+    write_vocab_json(data.get_tokenizer(), folder / "vocab.json")  # 2018 tokens for a 100-token model
     (tmp_path / "f.txt").write_text("Bio: someone.\n")
-    with pytest.raises(SystemExit, match="the tokenizer has 1744 tokens but the model only 100"):
+    with pytest.raises(SystemExit, match="the tokenizer has 2018 tokens but the model only 100"):
         unlearn.main(["--init_from", str(folder), "--forget_file", str(tmp_path / "f.txt"), "--loss", "ga",
                       "--adapter", "lora", "--out", str(tmp_path / "run")])
 
@@ -129,5 +129,6 @@ def test_question_only_forget_file_and_a_tiny_retain_file(hf_folder, tmp_path):
                                 retain_file=str(tmp_path / "retain.txt"), holdout_file=str(tmp_path / "holdout.txt"),
                                 lr=1e-2, epochs=2, batch_size=4, out=str(tmp_path / "run"), device="cpu")
     _, r = unlearn.run(cfg, log=lambda line: None)
-    assert r["thresholds"] is not None and r["stopped_at_epoch"] is None and r["outcome"] == "finished"
+    # no forget texts to score MA and EL_n on: no stopping rule, and no crash
+    assert r["thresholds"] is None and r["stopped_at_epoch"] is None and r["outcome"] == "finished"
     assert "ma" not in r["history"][-1]["forget"] and r["history"][-1]["forget"]["truth_ratio"] is None

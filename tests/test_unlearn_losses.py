@@ -1,5 +1,7 @@
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -102,9 +104,64 @@ def test_extraction_likelihood_by_hand():
 
 def test_qa_metrics_by_hand():
     # prompt 1 2; true answer 3 4 (both predicted: p = 1 each), wrong answer 5 6 (p(5) = 0)
-    qa = [([1, 2], [[3, 4], [5, 6]]), ([1, 2], [[3, 7]])]  # the second: last token wrong, no perturbed
+    qa = [([1, 2], [[3, 4], [5, 6]]), ([1, 2], [[3, 7], [3, 4]])]  # the second: last token wrong
     r, ratios = metrics.qa_metrics(Counting(), qa)
-    assert r["acc"] == 0.5 and ratios.shape == (1,) and ratios[0] < 1e-3
+    assert r["qa_acc"] == 0.5 and ratios.shape == (2,) and ratios[0] < 1e-3 and ratios[1] > 1e3
+    assert r["truth_ratio"] is None  # no paraphrases: only the verbatim statistic
+    assert r["truth_ratio_verbatim"] == pytest.approx(np.mean([max(0, 1 - ratios[0]), 0.0]))
+
+
+def test_truth_ratio_is_tofus_formula():
+    """R = exp(L(paraphrase) − mean_k L(perturbed_k)) with per-token mean losses L, by hand."""
+    # (mean answer NLL, exact match) of the paraphrase, then of three perturbed paraphrases
+    scores = [[(0.5, True), (1.0, False), (2.0, False), (3.0, False)],   # knows: R = e^(0.5 − 2) = e^−1.5
+              [(2.0, False), (1.0, False), (1.0, False), (1.0, False)]]  # prefers a wrong value: R = e^1
+    R = metrics.truth_ratios(scores)
+    assert R == pytest.approx([math.exp(-1.5), math.e])
+    # TOFU's aggregates: forget mean min(R, 1/R); retain side mean max(0, 1 − R)
+    assert metrics.truth_ratio_summary(R, forget_like=True) == pytest.approx((math.exp(-1.5) + 1 / math.e) / 2)
+    assert metrics.truth_ratio_summary(R, forget_like=False) == pytest.approx((1 - math.exp(-1.5) + 0) / 2)
+    # the geometric mean over perturbations, not the arithmetic one: e^(0.5 - mean(1, 3)) = e^-1.5
+    assert metrics.truth_ratios([[(0.5, True), (1.0, False), (3.0, False)]])[0] == pytest.approx(math.exp(-1.5))
+    # and through a model: paraphrase [3, 4] is certain (L = 0), the perturbed [5, 6] impossible
+    import data
+    split = data.Encoded(qa=[([1, 2], [[3, 4], [5, 6]])], paraphrased=[([1, 2], [[3, 4], [3, 9], [7, 8]])])
+    r, R = metrics.split_report(Counting(), split, forget_like=True)
+    assert R.shape == (1,) and R[0] < 1e-6 and r["truth_ratio"] == pytest.approx(R[0])
+
+
+def test_membership_auc_and_privacy_leakage_by_hand():
+    # member NLLs 1, 2 vs non-members 1.5, 3: pairs (1<1.5, 1<3, 2>1.5, 2<3) -> 3/4
+    assert metrics.mia_auc([1, 2], [1.5, 3]) == 0.75
+    assert metrics.mia_auc([1, 2], [1, 2]) == 0.5  # ties count one half
+    assert metrics.privacy_leakage(0.75, 0.5) == 0.5 and metrics.privacy_leakage(0.5, 0.5) == 0.0
+
+
+def test_stopping_thresholds_by_hand():
+    ma, el = [0.6, 0.8], [0.1, 0.3, 0.2]  # sd (ddof 1): 0.1414..., 0.1
+    t = metrics.stopping_thresholds(ma, el, n_forget=4)
+    assert t["ma"] == pytest.approx(0.7 + 1.645 * math.sqrt(0.02) * math.sqrt(1 / 4 + 1 / 2))
+    assert t["el"] == pytest.approx(0.2 + 1.645 * 0.1 * math.sqrt(1 / 4 + 1 / 3))
+
+
+def test_greedy_answers_batched_equal_one_at_a_time():
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=12)).eval()
+    prompts = [[1, 2, 3], [4], [5, 6, 7], [8, 9], [3]]
+    eot = 11
+    batched = metrics.greedy_answers(gpt, prompts, eot, max_new=6)
+    for p, got in zip(prompts, batched):
+        one = gpt.generate(torch.tensor([p]), 6, temperature=0)[0, len(p):].tolist()
+        assert got == (one[:one.index(eot) + 1] if eot in one else one)
+
+
+def test_fluency_by_hand():
+    # judged by Counting itself every answer token is the argmax of a near one-hot: NLL ≈ 0; a jump costs a lot
+    mean, sd = metrics.fluency(Counting(), [[1, 2], [1, 2]], [[3, 4], [9, 4]])
+    nll_jump = (-torch.log_softmax(Counting()(torch.tensor([[1, 2, 9]]))[0, 1], -1)[9]
+                - torch.log_softmax(Counting()(torch.tensor([[1, 2, 9]]))[0, 2], -1)[4]).item() / 2
+    assert mean == pytest.approx((0 + nll_jump) / 2, abs=1e-4) and sd == pytest.approx(nll_jump / 2, abs=1e-4)
 
 
 def test_ks_pvalues_match_known_values():
@@ -121,9 +178,9 @@ def test_ks_pvalues_match_known_values():
 
 
 def test_model_utility_is_a_harmonic_mean():
-    r = dict(qa_prob=0.5, qa_acc=1.0, truth_ratio=0.75)  # 1 - R = 0.25
+    r = dict(qa_prob=0.5, qa_acc=1.0, truth_ratio=0.25)  # truth_ratio: the retain-side summary max(0, 1 − R)
     assert metrics.model_utility([r]) == pytest.approx(3 / (2 + 1 + 4))
-    assert metrics.model_utility([r, dict(qa_prob=0.5, qa_acc=0.0, truth_ratio=0.1)]) == 0.0
+    assert metrics.model_utility([r, dict(qa_prob=0.5, qa_acc=0.0, truth_ratio=0.9)]) == 0.0
     assert metrics.model_utility([dict(qa_prob=0.5, qa_acc=1.0, truth_ratio=None)]) == pytest.approx(2 / 3)
     assert metrics.model_utility([dict(ma=0.3)]) is None
 

@@ -19,13 +19,14 @@ TINY = train.TrainConfig(n_people=10, forget_frac=0.2, epochs=60, batch_size=8, 
 
 @pytest.fixture(scope="module")
 def base_dir(tmp_path_factory):
-    """A tiny base (forget + retain people) and oracle (retain people) in a temporary out/."""
+    """A tiny base (forget + retain people) and oracle (retain people) of world 0 in a temporary out/."""
     out = tmp_path_factory.mktemp("out")
+    (out / "world0").mkdir()
     enc = data.get_tokenizer()
     c = corpus.make_corpus(TINY.corpus_seed, TINY.n_people, TINY.forget_frac)
     for which, splits in (("base", [c.forget, c.retain]), ("oracle", [c.retain])):
         model = train.train_model([ex for s in splits for ex in data.split_examples(enc, s, 64)], TINY)
-        train.save_checkpoint(str(out / f"{which}.pt"), model, TINY, which, {})
+        train.save_checkpoint(str(out / "world0" / f"{which}.pt"), model, TINY, which, {})
     return out
 
 
@@ -35,7 +36,7 @@ def sha(path):
 
 @pytest.mark.parametrize("loss,adapter", [("ihl", "fila"), ("ga", "full")])
 def test_unlearning_forgets_and_never_touches_the_base(base_dir, tmp_path, loss, adapter):
-    before = sha(base_dir / "base.pt")
+    before = sha(base_dir / "world0" / "base.pt")
     cfg = unlearn.UnlearnConfig(loss=loss, adapter=adapter, lr=1e-2, epochs=4, batch_size=4, no_stop=True,
                                 base_dir=str(base_dir), out=str(tmp_path / "run"), device="cpu")
     model, r = unlearn.run(cfg, log=lambda s: None)
@@ -43,7 +44,7 @@ def test_unlearning_forgets_and_never_touches_the_base(base_dir, tmp_path, loss,
     h = r["history"]
     assert h[0]["forget"]["qa_acc"] >= 0.9
     assert h[-1]["forget"]["qa_acc"] <= h[0]["forget"]["qa_acc"] - 0.3  # it forgot
-    assert sha(base_dir / "base.pt") == before  # the base checkpoint is only read
+    assert sha(base_dir / "world0" / "base.pt") == before  # the base checkpoint is only read
     files = {p.name for p in (tmp_path / "run").iterdir()}
     assert files == {"config.json", "metrics.json", "timing.json", "state.pt", "plot.png",
                      "model.pt" if adapter == "full" else "adapter.pt"}
@@ -125,14 +126,14 @@ def test_unwritable_out_and_bad_rank_and_bad_checkpoint(base_dir, tmp_path):
     with pytest.raises(SystemExit, match=r"--rank 65 exceeds .* use --rank <= 64"):
         unlearn.main(["--base_dir", str(base_dir), "--out", str(tmp_path / "r"), "--rank", "65"])
     broken = tmp_path / "broken"
-    broken.mkdir()
+    (broken / "world0").mkdir(parents=True)
     for name in ("base.pt", "oracle.pt"):
-        (broken / name).write_bytes((base_dir / name).read_bytes()[:5000])  # truncated
+        (broken / "world0" / name).write_bytes((base_dir / "world0" / name).read_bytes()[:5000])  # truncated
     with pytest.raises(SystemExit, match=r"^error: checkpoint .*base\.pt is unreadable"):
         unlearn.main(["--base_dir", str(broken), "--out", str(tmp_path / "b")])
-    ckpt = torch.load(base_dir / "base.pt", weights_only=True)
+    ckpt = torch.load(base_dir / "world0" / "base.pt", weights_only=True)
     ckpt["model_config"]["n_embd"] = 32  # another architecture than the weights
-    torch.save(ckpt, broken / "base.pt")
+    torch.save(ckpt, broken / "world0" / "base.pt")
     with pytest.raises(SystemExit, match="unreadable or not one of ours"):
         unlearn.main(["--base_dir", str(broken), "--out", str(tmp_path / "b")])
     with pytest.raises(SystemExit, match="no state.pt"):
