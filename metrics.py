@@ -43,6 +43,11 @@ def text_nll(model, texts, batch_size=64, device="cpu"):
     return [s[0] for s in _score(model, [(t, [True] * len(t)) for t in texts], batch_size, device)]
 
 
+def exact_matches(model, qa, device="cpu"):
+    """Per question: 1 if the greedy answer is exactly the trained one, else 0."""
+    return [float(s[0][1]) for s in answer_scores(model, qa, device=device)]
+
+
 def answer_scores(model, qa, batch_size=128, device="cpu"):
     """qa: [(prompt tokens, [answer tokens, *alternatives])] -> per question, the list of
     (mean answer NLL, exact match) for the answer and each alternative."""
@@ -163,15 +168,17 @@ def split_report(model, split, el_n=None, device="cpu", forget_like=False):
     return report, ratios
 
 
-def stopping_thresholds(ma, el, n_forget, z=1.645):
-    """The stopping rule's thresholds from per-text MA and EL_n of the starting model on unseen texts
-    (the holdout): mean + z·sd·sqrt(1/n_forget + 1/n_holdout). A forget set that the model knows no
-    better than unseen text has a mean MA below mean + z·sd/sqrt(n_forget) 95% of the time (z = 1.645,
-    one-sided); the 1/n_holdout term adds the uncertainty of the holdout mean itself."""
+def stopping_thresholds(ma, el, n_forget, qa_hits=None, n_forget_qa=0, z=1.645):
+    """The stopping rule's thresholds from the starting model's per-item scores on unseen data (the
+    holdout): mean + z·sd·sqrt(1/n_forget + 1/n_holdout) for MA and EL_n over texts, and, for question
+    data, for exact-match accuracy over questions (qa_hits, 0/1 each). A forget set that the model
+    knows no better than unseen data has a mean below mean + z·sd/sqrt(n_forget) 95% of the time
+    (z = 1.645, one-sided); the 1/n_holdout term adds the uncertainty of the holdout mean itself."""
     out = {}
-    for key, v in (("ma", ma), ("el", el)):
-        v = np.asarray([x for x in v if x is not None], float)
-        out[key] = float(v.mean() + z * v.std(ddof=1) * np.sqrt(1 / n_forget + 1 / len(v)))
+    for key, v, n in (("ma", ma, n_forget), ("el", el, n_forget), ("qa", qa_hits, n_forget_qa)):
+        v = np.asarray([x for x in (v or []) if x is not None], float)
+        if len(v) > 1 and n:
+            out[key] = float(v.mean() + z * v.std(ddof=1) * np.sqrt(1 / n + 1 / len(v)))
     return out
 
 

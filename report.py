@@ -104,12 +104,13 @@ def plot(results):
     for ax, key, title in zip(axes, ("qa_acc", "ma", f"el{n}"),
                               ("QA accuracy", "MA (biographies)", f"EL{n} (biographies)")):
         for split, style in (("forget", "r-o"), ("retain", "b-o"), ("general", "g-o"), ("holdout", "k:")):
-            if key in h[0].get(split, {}):
-                ax.plot(steps, [r[split][key] for r in h], style, ms=3, label=split)
+            points = [(r["step"], r[split][key]) for r in h if r.get(split, {}).get(key) is not None]
+            if points:  # EL_n is measured only where the rule needs it (unlearn.evaluate)
+                ax.plot(*zip(*points), style, ms=3, label=split)
         t = results["thresholds"]
         thr = t and {"ma": t["ma"], f"el{n}": t["el"]}.get(key)
         if thr is not None:
-            ax.axhline(thr, color="k", lw=0.8, ls="--", label="stop below (holdout at start)")
+            ax.axhline(thr, color="k", lw=0.8, ls="--", label="stop below (from unseen people)")
         ax.set(title=title, xlabel="step", ylim=(-0.02, 1.02))
     axes[0].legend(fontsize=8)
     axes[1].legend(fontsize=8)
@@ -126,7 +127,8 @@ def brief(scores, el):
     """One evaluation in a few numbers: forget QA / MA / EL_n, retain and general QA, fluency."""
     f, r = scores["forget"], scores.get("retain", {})
     parts = [f"forget QA {f['qa_acc']:.0%}"] if "qa_acc" in f else []
-    parts += [f"MA {f['ma']:.3f} EL{el[2:]} {f[el]:.3f}"] if "ma" in f else []
+    parts += [f"MA {f['ma']:.3f}"] if "ma" in f else []
+    parts += [f"EL{el[2:]} {f[el]:.3f}" if el in f else f"EL{el[2:]} –"] if "ma" in f else []
     parts += [f"retain QA {r['qa_acc']:.0%}" if "qa_acc" in r else f"retain MA {r['ma']:.3f}"] if r else []
     parts += [f"general QA {scores['general']['qa_acc']:.0%}"] if "qa_acc" in scores.get("general", {}) else []
     parts += [f"fluency {f['fluency']:.2f}"] if "fluency" in f else []
@@ -177,7 +179,7 @@ def summary(results):
     met, thr = results["rule_met"], results["thresholds"]
     rule = f"met at step {met['step']} (epoch {met['epoch']})" if met else "not met"
     if thr:
-        rule += f"; thresholds MA {thr['ma']:.3f}, EL{n} {thr['el']:.3f}"
+        rule += f"; thresholds MA {thr['ma']:.3f}, EL{n} {thr['el']:.3f}" + (f", QA {thr['qa']:.3f}" if "qa" in thr else "")
     lines.append(f"stopping rule: {rule}; {results['outcome']}; {results['steps']} steps, {results['seconds']:.0f}s")
     if results["config"].get("forget_file") is None:
         c = checks(results)

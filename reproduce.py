@@ -1,11 +1,20 @@
-"""Reproduce the paper's four claims (METHOD §6) at small scale, on the built-in corpus:
+"""The fair protocol (METHOD §7): settings are chosen on one world and reported on five others.
 
-    python reproduce.py                 # GA, GD, IHL × full, LoRA, PiSSA, FILA × seeds 0, 1, 2
+    python reproduce.py              # sweep on world 0, selection, grid on worlds 1-5 -> results/
+    python reproduce.py --quick      # a smaller version: worlds 1-2, one learning rate per adapter
+    python reproduce.py --default    # only the default run (unlearn.py's defaults) on worlds 1-5
 
-Every run ends at the stopping rule or at the epoch cap. Writes results/grid.md (the table, mean ±
-std over seeds), results/grid.png (forget quality vs model utility; forget/retain curves) and
-results/grid.json (every run). Learning rates: 2e-3 for the LoRA adapters (unlearn.py's default),
-3e-4 for full fine-tuning, which at 2e-3 destroys the model within two epochs whatever the loss.
+1. Sweep, on the development world (corpus seed 0): every loss x adapter at every learning rate
+   of LRS[adapter].
+2. Selection, by a rule fixed before the final runs (`select`): among a setting's runs that met
+   the stopping rule, the highest model utility at the step where each first met it; if none met
+   it, the lowest forget QA at the end (then the highest utility).
+3. Grid: the chosen settings on worlds 1-5, each world with its own base model and oracle (trained
+   on first use into out/world<seed>/). Every run is compared at equal forgetting: its metrics at
+   the first evaluation that met the stopping rule; runs that never met it are reported at their
+   end, and counted as such.
+Also per world: does the oracle meet the stopping rule (it must), and the default run's targets.
+Writes results/sweep.json, grid.json, protocol.md and grid.png.
 """
 import argparse
 import json
@@ -16,101 +25,118 @@ import time
 import numpy as np
 
 import data
+import report
 import unlearn
 
-LOSSES, ADAPTERS = ("ga", "gd", "ihl"), ("full", "lora", "pissa", "fila")
-LR = {"full": 3e-4, "lora": 2e-3, "pissa": 2e-3, "fila": 2e-3}
-COLUMNS = [  # (key, header, format)
-    ("steps_to_stop", "steps to stop", "{:.0f}"), ("forget_qa", "forget QA", "{:.2f}"), ("forget_ma", "forget MA", "{:.2f}"),
-    ("forget_el", "forget EL4", "{:.2f}"), ("forget_quality", "forget quality (log10)", "{:.1f}"),
-    ("retain_qa", "retain QA", "{:.2f}"), ("general_qa", "general QA", "{:.2f}"), ("model_utility", "model utility", "{:.2f}"),
-    ("trainable", "trainable params", "{:,.0f}"), ("ms_per_step", "ms / step", "{:.0f}"), ("peak_mb", "peak MiB", "{:.0f}")]
+LOSSES, ADAPTERS = ("ga", "gd", "npo", "ihl"), ("full", "lora", "pissa", "fila")
+LRS = {"full": (1e-4, 3e-4), "lora": (1e-3, 2e-3), "pissa": (1e-3, 2e-3), "fila": (1e-3, 2e-3)}
+DEV_WORLD, REPORT_WORLDS = 0, (1, 2, 3, 4, 5)
+EVAL_EVERY = 10  # steps between evaluations, so "steps to the rule" is resolved to 10 steps (an epoch is 13)
+COLUMNS = [  # (key, header, format); every value is taken at the rule-met step, or at the end
+    ("steps", "steps to the rule", "{:.0f}"), ("forget_qa", "forget QA", "{:.2f}"), ("retain_qa", "retain QA", "{:.2f}"),
+    ("general_qa", "general QA", "{:.2f}"), ("model_utility", "model utility", "{:.2f}"),
+    ("fluency", "fluency (NLL)", "{:.2f}"), ("privacy_leakage", "privacy leakage", "{:+.2f}"),
+    ("forget_quality", "forget quality (log10 p)", "{:.1f}"), ("forget_tr", "forget truth ratio", "{:.2f}")]
 
 
-def peak_mib():
-    """This process's peak resident memory (VmHWM), MiB; None where /proc is not Linux's."""
-    try:
-        return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
-    except (OSError, StopIteration):
-        return None
-
-
-def reset_peak_mib():
-    """Reset the peak to the current resident memory (Linux: write 5 to /proc/self/clear_refs); returns it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-    return peak_mib()
-
-
-def one_run(loss, adapter, seed, epochs, out):
-    before = reset_peak_mib()
-    cfg = unlearn.UnlearnConfig(loss=loss, adapter=adapter, lr=LR[adapter], seed=seed, epochs=epochs, out=out)
+def one_run(work, corpus_seed, base_dir, epochs=10, **settings):
+    """One unlearning run -> a row: the settings, whether and when the rule was met, and the metrics
+    at that point (or at the end), with the start's for reference."""
+    cfg = unlearn.UnlearnConfig(corpus_seed=corpus_seed, base_dir=base_dir, eval_every=EVAL_EVERY, epochs=epochs,
+                                out=os.path.join(work, "run"), **settings)
+    t0 = time.time()
     _, r = unlearn.run(cfg, log=lambda line: None)
-    peak = peak_mib()
-    end, fq = r["history"][-1], r["end"]["forget_quality"]
-    return dict(loss=loss, adapter=adapter, seed=seed, stopped_at_epoch=r["stopped_at_epoch"],
-                steps_to_stop=r["steps"] if r["stopped_at_epoch"] else None, forget_qa=end["forget"]["qa_acc"],
-                forget_ma=end["forget"]["ma"], forget_el=end["forget"]["el4"], forget_quality=np.log10(max(fq, 1e-300)),
-                retain_qa=end["retain"]["qa_acc"], general_qa=end["general"]["qa_acc"],
-                model_utility=r["end"]["model_utility"], trainable=r["trainable_params"],
-                ms_per_step=1000 * r["step_seconds"] / max(r["steps"], 1), seconds=r["seconds"],
-                peak_mb=None if before is None else peak - before,
-                curves=[(h["step"], h["forget"]["qa_acc"], h["retain"]["qa_acc"]) for h in r["history"]])
+    at = r["rule_met"] or r["history"][-1]
+    f = at["forget"]
+    return dict(settings, world=corpus_seed, met=r["rule_met"] is not None, steps=at["step"],
+                forget_qa=f["qa_acc"], retain_qa=at["retain"]["qa_acc"], general_qa=at["general"]["qa_acc"],
+                model_utility=at["model_utility"], fluency=f.get("fluency"), privacy_leakage=f.get("privacy_leakage"),
+                forget_quality=np.log10(max(at["forget_quality"], 1e-300)), forget_tr=f["truth_ratio"],
+                start=dict(retain_qa=r["history"][0]["retain"]["qa_acc"], general_qa=r["history"][0]["general"]["qa_acc"],
+                           fluency=r["history"][0]["forget"]["fluency"]),
+                holdout_qa=r["holdout_start"]["qa_acc"], thresholds=r["thresholds"], oracle=r["oracle_forget"],
+                checks=[list(c) for c in report.checks(r)], seconds=time.time() - t0,
+                curve=[(h["step"], h["forget"]["qa_acc"], h["retain"]["qa_acc"]) for h in r["history"]])
 
 
-def table(rows, seeds):
-    head = "| loss | adapter | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+def select(runs):
+    """The selection rule, fixed in advance: the best model utility among runs that met the stopping
+    rule (at the step each met it); if none did, the lowest forget QA at the end, then the best utility."""
+    met = [r for r in runs if r["met"]]
+    if met:
+        return max(met, key=lambda r: r["model_utility"])
+    return min(runs, key=lambda r: (r["forget_qa"], -r["model_utility"]))
+
+
+def mean_std(vals, fmt):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return "–"
+    return fmt.format(np.mean(vals)) + (" ± " + fmt.format(np.std(vals)) if len(vals) > 1 else "")
+
+
+def grid_table(rows):
+    lines = ["| loss | adapter | lr | met the rule | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+             "|" + "---|" * (len(COLUMNS) + 4)]
     for loss in LOSSES:
         for adapter in ADAPTERS:
             runs = [r for r in rows if r["loss"] == loss and r["adapter"] == adapter]
-            cells = []
-            for key, _, fmt in COLUMNS:
-                vals = [r[key] for r in runs if r[key] is not None]
-                if key == "steps_to_stop":  # runs that never met the rule are counted, not averaged
-                    cell = f"{fmt.format(np.mean(vals))} ({len(vals)}/{len(runs)})" if vals else f"– (0/{len(runs)})"
-                elif not vals:
-                    cell = "–"
-                else:
-                    cell = fmt.format(np.mean(vals)) + ("" if key == "trainable" else " ± " + fmt.format(np.std(vals)))
-                cells.append(cell)
-            lines.append(f"| {loss.upper()} | {adapter} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + f"\n\nMean ± std over seeds {', '.join(map(str, seeds))}; " \
-        "steps to stop: mean over the runs that met the stopping rule (how many of them in brackets)."
+            if not runs:
+                continue
+            cells = [mean_std([r[k] for r in runs if r["met"]] if k == "steps" else [r[k] for r in runs], fmt)
+                     for k, _, fmt in COLUMNS]
+            lines.append(f"| {loss.upper()} | {adapter} | {runs[0]['lr']:g} | {sum(r['met'] for r in runs)}/{len(runs)} | "
+                         + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def oracle_table(rows):
+    """Per world: the thresholds and what the oracle scores on the forget split (it must be below)."""
+    lines = ["| world | MA threshold | oracle forget MA | EL4 threshold | oracle forget EL4 | oracle meets the rule |",
+             "|---|---|---|---|---|---|"]
+    for w in sorted({r["world"] for r in rows}):
+        r = next(r for r in rows if r["world"] == w)
+        t, o = r["thresholds"], r["oracle"]
+        ok = o["ma"] < t["ma"] and o["el4"] < t["el"]
+        lines.append(f"| {w} | {t['ma']:.3f} | {o['ma']:.3f} | {t['el']:.3f} | {o['el4']:.3f} | {'yes' if ok else 'NO'} |")
+    return "\n".join(lines)
+
+
+def checks_table(rows):
+    """The default run's targets (report.checks) on every world."""
+    names = [c[0] for c in rows[0]["checks"]]
+    lines = ["| world | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for r in sorted(rows, key=lambda r: r["world"]):
+        lines.append(f"| {r['world']} | " + " | ".join(f"{'yes' if ok else 'NO'} ({d})" for _, ok, d in r["checks"]) + " |")
+    met = sum(all(ok for _, ok, _ in r["checks"]) for r in rows)
+    return "\n".join(lines) + f"\n\nAll targets met on {met} of {len(rows)} worlds."
 
 
 def figure(rows, path):
+    """Forgetting vs retention for every run of the grid (a Pareto picture), and QA curves."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
-    colors = dict(ga="tab:red", gd="tab:orange", ihl="tab:blue")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    colors = dict(ga="tab:red", gd="tab:orange", npo="tab:purple", ihl="tab:blue")
     marks = dict(full="s", lora="o", pissa="^", fila="*")
     for loss in LOSSES:
         for adapter in ADAPTERS:
             runs = [r for r in rows if r["loss"] == loss and r["adapter"] == adapter]
-            x, y = [r["forget_quality"] for r in runs], [r["model_utility"] for r in runs]
-            axes[0].errorbar(np.mean(x), np.mean(y), xerr=np.std(x), yerr=np.std(y), marker=marks[adapter], ms=9,
-                             color=colors[loss], label=f"{loss.upper()} + {adapter}", ls="none", capsize=2)
-    axes[0].set(xlabel="forget quality, log10 p (higher: closer to the oracle)", ylabel="model utility",
-                title="the trade-off (mean ± std over seeds)")
-    axes[0].legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.16))
-    for ax, pairs, title in ((axes[1], [("ga", "lora"), ("ihl", "lora")], "GA vs IHL (LoRA)"),
-                             (axes[2], [("ihl", "lora"), ("ihl", "fila")], "LoRA vs FILA (IHL)")):
-        for loss, adapter in pairs:
-            for r in rows:
-                if r["loss"] == loss and r["adapter"] == adapter:
-                    steps, f, ret = zip(*r["curves"])
-                    first = r["seed"] == rows[0]["seed"]
-                    ax.plot(steps, f, "-", color=colors[loss] if adapter == "lora" else "tab:green", alpha=0.6,
-                            label=f"{loss.upper()}+{adapter} forget" if first else None)
-                    ax.plot(steps, ret, "--", color=colors[loss] if adapter == "lora" else "tab:green", alpha=0.6,
-                            label=f"{loss.upper()}+{adapter} retain" if first else None)
-        ax.set(title=title + ": QA accuracy, every seed", xlabel="step", ylim=(-0.03, 1.03))
-        ax.legend(fontsize=8)
+            if runs:
+                axes[0].scatter([1 - r["forget_qa"] for r in runs], [r["retain_qa"] for r in runs], s=50,
+                                marker=marks[adapter], color=colors[loss], label=f"{loss.upper()} + {adapter}",
+                                facecolors=[colors[loss] if r["met"] else "none" for r in runs])
+    axes[0].set(xlabel="forgotten: 1 − forget QA", ylabel="retain QA", title="every run at the rule (filled) or its end (hollow)")
+    axes[0].legend(fontsize=7, ncol=2)
+    for r in rows:
+        if r["loss"] == "ihl" and r["adapter"] in ("lora", "fila"):
+            s, f, ret = zip(*r["curve"])
+            c = "tab:green" if r["adapter"] == "fila" else "tab:blue"
+            axes[1].plot(s, f, "-", color=c, alpha=0.5)
+            axes[1].plot(s, ret, "--", color=c, alpha=0.5)
+    axes[1].set(title="IHL + FILA (green) vs IHL + LoRA (blue): forget (—) and retain (--) QA", xlabel="step",
+                ylim=(-0.03, 1.03))
     fig.tight_layout()
     fig.savefig(path, dpi=90, metadata={"Software": None})
     plt.close(fig)
@@ -118,27 +144,56 @@ def figure(rows, path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="unlearning seeds")
-    p.add_argument("--epochs", type=int, default=10, help="epoch cap of every run")
-    p.add_argument("--out", default="results", help="folder for grid.md, grid.png, grid.json")
-    p.add_argument("--replot", action="store_true", help="only redraw grid.png from an existing grid.json")
+    p.add_argument("--quick", action="store_true", help="worlds 1-2 and one learning rate per adapter")
+    p.add_argument("--default", action="store_true", help="only the default run, on the report worlds")
+    p.add_argument("--base_dir", default="out", help="where the worlds' base models and oracles live")
+    p.add_argument("--out", default="results", help="folder for the tables, the runs and the figure")
     a = p.parse_args()
-    if a.replot:
-        return figure(json.load(open(os.path.join(a.out, "grid.json"))), os.path.join(a.out, "grid.png"))
-    rows, t0, work = [], time.time(), tempfile.TemporaryDirectory()  # the run folders are not kept
-    for seed in a.seeds:
-        for loss in LOSSES:
-            for adapter in ADAPTERS:
-                rows.append(one_run(loss, adapter, seed, a.epochs, os.path.join(work.name, f"{loss}-{adapter}-{seed}")))
-                r = rows[-1]
-                print(f"{time.time() - t0:5.0f}s  seed {seed} {loss:3s} + {adapter:5s}: stop {str(r['stopped_at_epoch']):4s} "
-                      f"forget QA {r['forget_qa']:.2f}  retain QA {r['retain_qa']:.2f}  general QA {r['general_qa']:.2f}  "
-                      f"({r['seconds']:.0f}s)", flush=True)
-    md = table(rows, a.seeds) + f"\n\n`python reproduce.py` on {os.cpu_count()} CPU cores: {time.time() - t0:.0f} s.\n"
-    data.atomic_write(os.path.join(a.out, "grid.md"), md.encode())
+    worlds = REPORT_WORLDS[:2] if a.quick else REPORT_WORLDS
+    lrs = {k: v[-1:] for k, v in LRS.items()} if a.quick else LRS
+    t0, work = time.time(), tempfile.mkdtemp()
+    say = lambda r: print(f"{time.time() - t0:5.0f}s  world {r['world']} {r['loss']:3s} + {r['adapter']:5s} lr {r['lr']:g}: "
+                          f"{'met at step ' + str(r['steps']) if r['met'] else 'not met':16s} forget QA {r['forget_qa']:.2f}  "
+                          f"retain {r['retain_qa']:.2f}  general {r['general_qa']:.2f}  fluency {r['fluency']:.2f}", flush=True)
+    md = ["# Results of `python reproduce.py" + (" --quick" if a.quick else "") + ("` --default" if a.default else "`"), ""]
+    if a.default:
+        rows = []
+        for w in worlds:
+            rows.append(one_run(work, w, a.base_dir))
+            say(rows[-1])
+        md += ["## The default run on the report worlds", "", checks_table(rows), "", oracle_table(rows)]
+        data.atomic_write(os.path.join(a.out, "default.md"), "\n".join(md).encode())
+        return print("\n".join(md))
+    sweep = []
+    for loss in LOSSES:
+        for adapter in ADAPTERS:
+            for lr in lrs[adapter]:
+                sweep.append(one_run(work, DEV_WORLD, a.base_dir, loss=loss, adapter=adapter, lr=lr))
+                say(sweep[-1])
+    chosen = {(l, ad): select([r for r in sweep if r["loss"] == l and r["adapter"] == ad]) for l in LOSSES for ad in ADAPTERS}
+    data.atomic_write(os.path.join(a.out, "sweep.json"), json.dumps(sweep, indent=1).encode())
+    t_sweep = time.time() - t0
+    rows = []
+    for w in worlds:
+        for (loss, adapter), best in chosen.items():
+            rows.append(one_run(work, w, a.base_dir, loss=loss, adapter=adapter, lr=best["lr"]))
+            say(rows[-1])
     data.atomic_write(os.path.join(a.out, "grid.json"), json.dumps(rows, indent=1).encode())
     figure(rows, os.path.join(a.out, "grid.png"))
-    print(md)
+    md += ["## 1. Sweep on the development world (corpus seed 0)", "", grid_table(sweep).replace("± ", "± "), "",
+           "One run per row (world 0 only, so no ± here). Chosen by `select`: " +
+           "; ".join(f"{l.upper()} + {ad}: lr {chosen[l, ad]['lr']:g}" for l, ad in chosen), "",
+           f"## 2. The chosen settings on worlds {', '.join(map(str, worlds))} (mean ± std over worlds)", "",
+           grid_table(rows), "",
+           "Each value at the first evaluation (every 10 steps) that met the stopping rule, or at the end (10 epochs) "
+           "for runs that never met it; *steps to the rule* averages the runs that met it.", "",
+           "## 3. The stopping rule against the oracle", "", oracle_table(rows), "",
+           "## 4. The default run (IHL + FILA) on every report world", "",
+           checks_table([r for r in rows if r["loss"] == "ihl" and r["adapter"] == "fila"]), "",
+           f"Sweep {t_sweep:.0f} s, grid {time.time() - t0 - t_sweep:.0f} s on {os.cpu_count()} CPU cores "
+           f"(float32 matmul peak measured by `python bench.py peak`)."]
+    data.atomic_write(os.path.join(a.out, "protocol.md"), "\n".join(md).encode())
+    print("\n".join(md))
 
 
 if __name__ == "__main__":

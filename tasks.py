@@ -6,6 +6,7 @@
   GPT-2 checkpoint (--init_from, a Hugging Face folder or name) or on the built-in base model.
 unlearn.py only sees the Task, so the loop is the same for both.
 """
+import json
 import os
 from dataclasses import dataclass, field, replace
 
@@ -29,6 +30,28 @@ class Task:
     oracle_forget: dict = None  # its scores on the forget split, and its membership-inference AUC
     prompts: list = field(default_factory=list)  # token prompts whose greedy answers are shown
     utility_splits: tuple = ()  # the splits model utility is computed on
+    cache_dir: str = None       # where measurements of the fixed models are kept (built-in worlds)
+
+    def cached(self, name, compute):
+        """compute(), or its JSON-stored result from an earlier run: the starting model and the oracle
+        never change, so what is measured on them once holds for every run of their world."""
+        if self.cache_dir is None:
+            return compute()
+        return cached(os.path.join(self.cache_dir, f"{name}.json"), compute)
+
+
+CACHE_VERSION = 2  # bump when a metric changes: older cached measurements are then recomputed
+
+
+def cached(path, compute):
+    stamp = [CACHE_VERSION] + [os.path.getmtime(os.path.join(os.path.dirname(path), f"{w}.pt")) for w in ("base", "oracle")]
+    if os.path.exists(path):
+        saved = json.load(open(path))
+        if saved["stamp"] == stamp:
+            return saved["value"]
+    value = compute()
+    data.atomic_write(path, json.dumps(dict(stamp=stamp, value=value)).encode())
+    return json.loads(json.dumps(value))  # the same types as a cached value: lists, not tuples
 
 
 def world_dir(base_dir, corpus_seed):
@@ -51,24 +74,29 @@ def load_base_and_oracle(base_dir, device, log, train_cfg=None):
 
 def builtin_task(cfg, log):
     train_cfg = replace(train.TrainConfig(), corpus_seed=cfg.corpus_seed)
-    model, oracle, ckpt = load_base_and_oracle(world_dir(cfg.base_dir, cfg.corpus_seed), cfg.device, log, train_cfg)
+    world = world_dir(cfg.base_dir, cfg.corpus_seed)
+    model, oracle, ckpt = load_base_and_oracle(world, cfg.device, log, train_cfg)
     enc = data.get_tokenizer(ckpt["tokenizer"])
     c = corpus.make_corpus(**ckpt["corpus"])
     B = model.config.block_size
     splits = {s: data.encode(enc, getattr(c, s), B)[0] for s in ("forget", "retain", "holdout", "general")}
     scored = dict(forget=splits["forget"], general=splits["general"],  # the holdout is scored once, at the start
                   retain=data.encode(enc, corpus.people_subset(c.retain, cfg.eval_retain), B)[0])
-    # The oracle on the forget split: what exact unlearning scores (MA, EL_n, truth ratios, MIA AUC).
-    oracle_forget, oracle_ratios = metrics.split_report(oracle, splits["forget"], cfg.el_n, cfg.device, forget_like=True)
-    oracle_forget["mia_auc"] = metrics.mia_auc(metrics.text_nll(oracle, splits["forget"].texts, device=cfg.device),
-                                               metrics.text_nll(oracle, splits["holdout"].texts, device=cfg.device))
+    def oracle_reference():  # what exact unlearning scores on the forget split (MA, EL_n, truth ratios, MIA AUC)
+        report, ratios = metrics.split_report(oracle, splits["forget"], cfg.el_n, cfg.device, forget_like=True)
+        report["mia_auc"] = metrics.mia_auc(metrics.text_nll(oracle, splits["forget"].texts, device=cfg.device),
+                                            metrics.text_nll(oracle, splits["holdout"].texts, device=cfg.device))
+        return report, ratios.tolist()
+
+    oracle_forget, oracle_ratios = cached(os.path.join(world, f"oracle-el{cfg.el_n}-{cfg.device.split(':')[0]}.json"),
+                                          oracle_reference)
     return Task(model, enc, forget=data.training_examples(splits["forget"]),
                 # D_r is everything the base model learned except D_f: the retain people and the
                 # general facts, exactly the oracle's training data (train.training_examples).
                 retain=data.training_examples(splits["retain"]) + data.training_examples(splits["general"]),
-                scored=scored, holdout=splits["holdout"], oracle=oracle, oracle_ratios=oracle_ratios.tolist(),
+                scored=scored, holdout=splits["holdout"], oracle=oracle, oracle_ratios=oracle_ratios,
                 oracle_forget=oracle_forget, prompts=[splits["forget"].qa[0][0], splits["retain"].qa[0][0]],
-                utility_splits=("retain", "general"))
+                utility_splits=("retain", "general"), cache_dir=world)
 
 
 def file_task(cfg, log):

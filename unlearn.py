@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -152,15 +153,19 @@ def summary_scores(scores, ratios, task):
                 model_utility=metrics.model_utility([scores[s] for s in task.utility_splits]) if task.utility_splits else None)
 
 
-def evaluate(model, task, cfg):
-    """Every scored split's report, and the forget questions' truth ratios (for forget quality).
-    EL_n, the costly one, only on the forget split, where the stopping rule needs it. On the forget
-    split also: fluency of the model's own answers (judged by the oracle) and the membership-inference
-    AUC of forget vs holdout biographies, relative to the oracle's (privacy leakage)."""
-    out = {s: metrics.split_report(model, e, cfg.el_n if s == "forget" else None, cfg.device, forget_like=s == "forget")
-           for s, e in task.scored.items()}
+def evaluate(model, task, cfg, thr=None, final=False):
+    """Every scored split's report, with forget quality and model utility. On the forget split also:
+    EL_n (the costly one) when the stopping rule needs it, i.e. once forget MA is below its threshold
+    (before that the rule cannot be met), and at the start and the end; fluency of the model's own
+    answers (judged by the oracle); the membership-inference AUC of forget vs holdout biographies and
+    the privacy leakage relative to the oracle's."""
+    out = {s: metrics.split_report(model, e, None, cfg.device, forget_like=s == "forget") for s, e in task.scored.items()}
     scores = {s: r for s, (r, _) in out.items()}
     f, forget = scores["forget"], task.scored["forget"]
+    if "ma" in f and (thr is None or final or (f["ma"] < thr["ma"] and f.get("qa_acc", 0) < thr.get("qa", 2))):
+        el = [v for v in metrics.extraction_likelihood(model, forget.texts, cfg.el_n, cfg.device) if v is not None]
+        if el:
+            f[f"el{cfg.el_n}"] = float(np.mean(el))
     if task.oracle is not None and forget.qa:
         prompts = [p for p, _ in forget.qa]
         f["fluency"], f["fluency_sd"] = metrics.fluency(task.oracle, prompts, metrics.greedy_answers(
@@ -173,16 +178,34 @@ def evaluate(model, task, cfg):
     return summary_scores(scores, out["forget"][1], task)
 
 
+def measure_start(model, task, cfg):
+    """The starting point: its scores, the stopping rule's thresholds (from unseen data), the holdout
+    people's scores (what a model that never saw them knows) and the answers "before"."""
+    start = evaluate(model, task, cfg)
+    return start, dict(thresholds=stopping_thresholds(model, task, cfg),
+                       holdout=metrics.split_report(model, task.holdout, None, cfg.device, forget_like=True)[0]
+                       if task.holdout else None,
+                       before=[greedy_answer(model, task.enc, p, cfg.device) for p in task.prompts])
+
+
 def stopping_thresholds(model, task, cfg):
     """Jang et al.'s rule: stop once the forget set's mean MA and EL_n are both below what the starting
-    model scores on unseen texts of the same kind, allowing for sampling noise (metrics.stopping_thresholds).
-    None without holdout texts long enough for EL_n, or without forget texts."""
+    model scores on unseen texts of the same kind, allowing for sampling noise (metrics.stopping_thresholds);
+    with questions, forget QA accuracy too: the biographies can look unseen while the answers are
+    still known. None without holdout texts long enough for EL_n, or without forget texts."""
     texts = task.holdout.texts if task.holdout else []
     el = [v for v in metrics.extraction_likelihood(model, texts, cfg.el_n, cfg.device) if v is not None]
     if len(el) < 2 or not task.scored["forget"].texts:
         return None
     ma = metrics.memorization_accuracy(model, texts, device=cfg.device)
-    return metrics.stopping_thresholds(ma, el, len(task.scored["forget"].texts))
+    hits = metrics.exact_matches(model, task.holdout.qa, cfg.device) if task.holdout.qa else None
+    return metrics.stopping_thresholds(ma, el, len(task.scored["forget"].texts), hits, len(task.scored["forget"].qa))
+
+
+def rule_met(f, thr, el):
+    """Forget MA and EL_n below their thresholds, and forget QA accuracy too where there are questions."""
+    return bool(thr) and "ma" in f and el in f and f["ma"] < thr["ma"] and f[el] < thr["el"] and \
+        ("qa" not in thr or f["qa_acc"] < thr["qa"])
 
 
 def greedy_answer(model, enc, prompt, device):
@@ -217,13 +240,10 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
     model, enc, forget, retain = task.model, task.enc, task.forget, task.retain
     ref = copy.deepcopy(model).requires_grad_(False) if cfg.loss == "npo" else None
 
-    # 1. The starting point: the stopping rule's thresholds (unseen data), scores and answers "before".
+    # 1. The starting point: scores, the stopping rule's thresholds, answers "before" (cached per world).
     if resume is None:
-        start = evaluate(model, task, cfg)
-        fixed = dict(thresholds=stopping_thresholds(model, task, cfg),
-                     holdout=metrics.split_report(model, task.holdout, None, cfg.device, forget_like=True)[0]
-                     if task.holdout else None,
-                     before=[greedy_answer(model, enc, p, cfg.device) for p in task.prompts])
+        start, fixed = task.cached(f"start-el{cfg.el_n}-retain{cfg.eval_retain}-{cfg.device.split(':')[0]}",
+                                   lambda: measure_start(model, task, cfg))
         pos = runtime.Progress.new(start)
     else:
         fixed, pos = resume["fixed"], resume["pos"]
@@ -243,7 +263,8 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
     if ddp.world() > 1:
         log(f"data parallel over {ddp.world()} processes: each takes 1/{ddp.world()} of every batch")
     log(f"{cfg.loss} + {cfg.adapter}: {sum(p.numel() for p in params):,} trainable parameters; " +
-        (f"stop when forget MA < {thr['ma']:.3f} and EL{cfg.el_n} < {thr['el']:.3f} (holdout)" if thr else
+        (f"stop when forget MA < {thr['ma']:.3f}, EL{cfg.el_n} < {thr['el']:.3f}" +
+         (f", QA < {thr['qa']:.3f}" if "qa" in thr else "") + " (from unseen people)" if thr else
          "no stopping rule (it needs forget texts, and holdout texts long enough for EL_n)"))
 
     def save_state():  # everything needed to continue exactly where we are (rank 0 writes)
@@ -252,10 +273,10 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
                                              weights=report.trainable_state(model, cfg.adapter),
                                              optimizer=opt.state_dict()))
 
-    def evaluate_and_record():  # -> whether the stopping rule is met now
-        scores = evaluate(model, task, cfg)
+    def evaluate_and_record(final=False):  # -> whether the stopping rule is met now
+        scores = evaluate(model, task, cfg, thr, final)
         f = scores["forget"]
-        met = bool(thr) and "ma" in f and el in f and f["ma"] < thr["ma"] and f[el] < thr["el"]
+        met = rule_met(f, thr, el)
         progress.record(scores, met)
         eval_seconds.append(time.time() - t_start)
         return met, scores
@@ -277,7 +298,7 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
                 outcome = f"interrupted at step {pos['step']}; continue with --resume {cfg.out}"
                 break
             if progress.evaluation_due():
-                met, scores = evaluate_and_record()
+                met, scores = evaluate_and_record(final=pos["step"] == progress.total_steps)
                 left = progress.seconds_left()
                 log(f"epoch {progress.epochs_done():2g} step {pos['step']:3d}  loss {loss:7.3f}  {report.brief(scores, el)}"
                     f"  {time.time() - t_start:.0f}s" + ("" if left is None else f" (at most {left:.0f}s more)"))
@@ -288,7 +309,7 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
         log(outcome)
         save_state()
         if pos["history"][-1]["step"] != pos["step"]:  # score where we stopped, between evaluations
-            evaluate_and_record()
+            evaluate_and_record(final=True)
 
     start, end = pos["history"][0], pos["history"][-1]
     met = pos["rule_met"]  # the first evaluation that met the rule, with every metric there
