@@ -14,12 +14,11 @@
    the first evaluation that met the stopping rule; runs that never met it are reported at their
    end, and counted as such.
 Also per world: does the oracle meet the stopping rule (it must), and the default run's targets.
-Writes results/sweep.json, grid.json, protocol.md and grid.png.
+Writes results/sweep.json, grid.json, protocol.md and grid.png; every run's row in results/full/runs/.
 """
 import argparse
 import json
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -41,9 +40,20 @@ COLUMNS = [  # (key, header, format); every value is taken at the rule-met step,
 
 def one_run(work, corpus_seed, base_dir, epochs=10, **settings):
     """One unlearning run -> a row: the settings, whether and when the rule was met, and the metrics
-    at that point (or at the end), with the start's for reference."""
+    at that point (or at the end), with the start's for reference. Rows are kept in <work>/runs/, so
+    an interrupted protocol continues where it stopped, and --part i/n processes share the work."""
+    key = f"w{corpus_seed}-" + "-".join(f"{k}{v}" for k, v in sorted(settings.items()))
+    path = os.path.join(work, "runs", key + ".json")
+    if os.path.exists(path):
+        return json.load(open(path))
+    row = measure(work, corpus_seed, base_dir, epochs, key, **settings)
+    data.atomic_write(path, json.dumps(row).encode())
+    return row
+
+
+def measure(work, corpus_seed, base_dir, epochs, key, **settings):
     cfg = unlearn.UnlearnConfig(corpus_seed=corpus_seed, base_dir=base_dir, eval_every=EVAL_EVERY, epochs=epochs,
-                                out=os.path.join(work, "run"), **settings)
+                                out=os.path.join(base_dir, "protocol-runs", key), **settings)
     t0 = time.time()
     _, r = unlearn.run(cfg, log=lambda line: None)
     at = r["rule_met"] or r["history"][-1]
@@ -148,36 +158,43 @@ def main():
     p.add_argument("--default", action="store_true", help="only the default run, on the report worlds")
     p.add_argument("--base_dir", default="out", help="where the worlds' base models and oracles live")
     p.add_argument("--out", default="results", help="folder for the tables, the runs and the figure")
+    p.add_argument("--part", default="0/1", help="i/n: do every n-th run, from the i-th (run n processes "
+                   "with 0/n .. n-1/n side by side, then once more without --part to write the tables)")
     a = p.parse_args()
+    part, parts = map(int, a.part.split("/"))
     worlds = REPORT_WORLDS[:2] if a.quick else REPORT_WORLDS
     lrs = {k: v[-1:] for k, v in LRS.items()} if a.quick else LRS
-    t0, work = time.time(), tempfile.mkdtemp()
+    t0, work = time.time(), os.path.join(a.out, "quick" if a.quick else "full")
     say = lambda r: print(f"{time.time() - t0:5.0f}s  world {r['world']} {r['loss']:3s} + {r['adapter']:5s} lr {r['lr']:g}: "
                           f"{'met at step ' + str(r['steps']) if r['met'] else 'not met':16s} forget QA {r['forget_qa']:.2f}  "
                           f"retain {r['retain_qa']:.2f}  general {r['general_qa']:.2f}  fluency {r['fluency']:.2f}", flush=True)
     md = ["# Results of `python reproduce.py" + (" --quick" if a.quick else "") + ("` --default" if a.default else "`"), ""]
     if a.default:
-        rows = []
-        for w in worlds:
-            rows.append(one_run(work, w, a.base_dir))
-            say(rows[-1])
+        default = unlearn.UnlearnConfig()
+        rows = [one_run(work, w, a.base_dir, loss=default.loss, adapter=default.adapter, lr=default.lr) for w in worlds]
+        for r in rows:
+            say(r)
         md += ["## The default run on the report worlds", "", checks_table(rows), "", oracle_table(rows)]
         data.atomic_write(os.path.join(a.out, "default.md"), "\n".join(md).encode())
         return print("\n".join(md))
-    sweep = []
-    for loss in LOSSES:
-        for adapter in ADAPTERS:
-            for lr in lrs[adapter]:
-                sweep.append(one_run(work, DEV_WORLD, a.base_dir, loss=loss, adapter=adapter, lr=lr))
-                say(sweep[-1])
+    todo = [dict(loss=loss, adapter=adapter, lr=lr) for loss in LOSSES for adapter in ADAPTERS for lr in lrs[adapter]]
+    for i, s in enumerate(todo):
+        if i % parts == part:
+            say(one_run(work, DEV_WORLD, a.base_dir, **s))
+    while parts > 1 and not all(os.path.exists(os.path.join(work, "runs", f"w{DEV_WORLD}-" + "-".join(
+            f"{k}{v}" for k, v in sorted(s.items())) + ".json")) for s in todo):
+        time.sleep(5)  # the other parts' sweep runs: the grid needs all of them for the selection
+    sweep = [one_run(work, DEV_WORLD, a.base_dir, **s) for s in todo]
     chosen = {(l, ad): select([r for r in sweep if r["loss"] == l and r["adapter"] == ad]) for l in LOSSES for ad in ADAPTERS}
     data.atomic_write(os.path.join(a.out, "sweep.json"), json.dumps(sweep, indent=1).encode())
     t_sweep = time.time() - t0
-    rows = []
-    for w in worlds:
-        for (loss, adapter), best in chosen.items():
-            rows.append(one_run(work, w, a.base_dir, loss=loss, adapter=adapter, lr=best["lr"]))
-            say(rows[-1])
+    grid = [(w, dict(loss=loss, adapter=adapter, lr=best["lr"])) for w in worlds for (loss, adapter), best in chosen.items()]
+    for i, (w, s) in enumerate(grid):
+        if i % parts == part:
+            say(one_run(work, w, a.base_dir, **s))
+    if parts > 1:
+        return print(f"part {a.part} done; when every part is, run the same command without --part for the tables")
+    rows = [one_run(work, w, a.base_dir, **s) for w, s in grid]
     data.atomic_write(os.path.join(a.out, "grid.json"), json.dumps(rows, indent=1).encode())
     figure(rows, os.path.join(a.out, "grid.png"))
     md += ["## 1. Sweep on the development world (corpus seed 0)", "", grid_table(sweep).replace("± ", "± "), "",
