@@ -1,4 +1,4 @@
-"""Benchmarks and checks behind the figures in the README. Each prints what it measured.
+"""Benchmarks and checks behind the figures in RESULTS.md. Each prints what it measured.
 
     python bench.py step           # one training step, full fine-tuning vs LoRA, against the matmul peak
     python bench.py fisher         # Fisher pass vs a forward+backward epoch; FILA / PiSSA init time

@@ -4,18 +4,20 @@ TOFU (Maini et al., 2024) asks a model to forget invented authors it was fine-tu
 seeded generator invents ~200 people with 6-8 attributes each. Every person appears twice:
   - a short biography, trained on every token: the verbatim target of MA and EL_n (METHOD §5);
   - question/answer pairs, trained on the answer tokens only, each with a few perturbed (wrong)
-    answers for the truth ratio.
+    answers, and a paraphrase of the answer (with its own perturbations) for the truth ratio.
 Splits: forget (a fraction of the people), retain (the rest), holdout (people made the same way but
 never trained on: the stopping rule's "unseen data"), general (capitals and sums that every model
 should keep knowing). Nothing is downloaded; the same seed gives the same bytes.
 
     Bio: Telsa Anmar. They were born in 1990. They grew up in Corvana. They work as a weaver. ...
     Question: Telsa Anmar was born in which year?
-    Answer: They were born in 1990.
+    Answer: Their year of birth is 1990.          (paraphrase: They came into the world in 1990.)
 
-The format came out of measurement (README): pronouns rather than repeated names, name-first
-questions and answers that repeat the biography's sentence let a small model learn 200 people in
-about 30 seconds on a CPU; the plainer formats took several times longer or failed for some seeds.
+The format came out of measurement: pronouns rather than repeated names, name-first questions, and
+names that are one token each let a small model learn 200 people in about a minute on a CPU; the
+plainer formats took several times longer or failed for some seeds. Every answer has three
+phrasings (the biography's sentence and two more): one is trained for a fact, another is its
+paraphrase, never trained with that fact, on which the truth ratio is measured (RESULTS.md, section 1).
 """
 import random
 from dataclasses import dataclass, field

@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+import bench
 import data
 import report
 import unlearn
@@ -158,11 +159,12 @@ def main():
     p.add_argument("--default", action="store_true", help="only the default run, on the report worlds")
     p.add_argument("--base_dir", default="out", help="where the worlds' base models and oracles live")
     p.add_argument("--out", default="results", help="folder for the tables, the runs and the figure")
+    p.add_argument("--worlds", type=int, nargs="+", help=f"report worlds (default {' '.join(map(str, REPORT_WORLDS))})")
     p.add_argument("--part", default="0/1", help="i/n: do every n-th run, from the i-th (run n processes "
                    "with 0/n .. n-1/n side by side, then once more without --part to write the tables)")
     a = p.parse_args()
     part, parts = map(int, a.part.split("/"))
-    worlds = REPORT_WORLDS[:2] if a.quick else REPORT_WORLDS
+    worlds = a.worlds or (REPORT_WORLDS[:2] if a.quick else REPORT_WORLDS)
     lrs = {k: v[-1:] for k, v in LRS.items()} if a.quick else LRS
     t0, work = time.time(), os.path.join(a.out, "quick" if a.quick else "full")
     say = lambda r: print(f"{time.time() - t0:5.0f}s  world {r['world']} {r['loss']:3s} + {r['adapter']:5s} lr {r['lr']:g}: "
@@ -187,7 +189,6 @@ def main():
     sweep = [one_run(work, DEV_WORLD, a.base_dir, **s) for s in todo]
     chosen = {(l, ad): select([r for r in sweep if r["loss"] == l and r["adapter"] == ad]) for l in LOSSES for ad in ADAPTERS}
     data.atomic_write(os.path.join(a.out, "sweep.json"), json.dumps(sweep, indent=1).encode())
-    t_sweep = time.time() - t0
     grid = [(w, dict(loss=loss, adapter=adapter, lr=best["lr"])) for w in worlds for (loss, adapter), best in chosen.items()]
     for i, (w, s) in enumerate(grid):
         if i % parts == part:
@@ -207,8 +208,9 @@ def main():
            "## 3. The stopping rule against the oracle", "", oracle_table(rows), "",
            "## 4. The default run (IHL + FILA) on every report world", "",
            checks_table([r for r in rows if r["loss"] == "ihl" and r["adapter"] == "fila"]), "",
-           f"Sweep {t_sweep:.0f} s, grid {time.time() - t0 - t_sweep:.0f} s on {os.cpu_count()} CPU cores "
-           f"(float32 matmul peak measured by `python bench.py peak`)."]
+           f"Wall time of this command: {time.time() - t0:.0f} s on {os.cpu_count()} CPU cores (runs kept from an "
+           f"earlier or parallel invocation are read, not rerun); float32 matmul peak measured now: "
+           f"{bench.matmul_peak():.0f} GFLOP/s."]
     data.atomic_write(os.path.join(a.out, "protocol.md"), "\n".join(md).encode())
     print("\n".join(md))
 

@@ -3,8 +3,9 @@
   base   = forget + retain + general: the model that knows everything, which unlearning edits;
   oracle = retain + general only: exact unlearning by retraining from scratch, the reference that
            forget quality compares against (METHOD §5).
-Same recipe, same seed; only the data differ. Checkpoints go to out/base.pt and out/oracle.pt,
-written atomically. usage: python train.py [--which base oracle] [--out out]
+Same recipe, same seed; only the data differ. Checkpoints go to out/world<corpus seed>/base.pt and
+oracle.pt (out/small/world<seed>/ with --small), written atomically.
+usage: python train.py [--which base oracle] [--corpus_seed 0] [--small] [--out folder]
 """
 import argparse
 import hashlib
@@ -111,10 +112,10 @@ def load_checkpoint(path, device="cpu"):
         model.load_state_dict(ckpt["model"])
     except Exception as e:
         raise ValueError(f"checkpoint {path} is unreadable or not one of ours ({type(e).__name__}); "
-                         f"delete it and run python train.py --out {os.path.dirname(path) or '.'}") from None
+                         "delete it (unlearn.py trains it again on first use)") from None
     if ckpt.get("tokenizer") == "fictitious" and ckpt.get("tokenizer_sha256") != tokenizer_sha256():
         raise ValueError(f"checkpoint {path} was trained with another version of {data.VOCAB_FILE}; "
-                         f"delete it and run python train.py --out {os.path.dirname(path) or '.'}")
+                         "delete it (unlearn.py trains it again on first use)")
     return model.to(device).eval(), ckpt
 
 
@@ -141,7 +142,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--which", nargs="+", choices=["base", "oracle"], default=["base", "oracle"],
                    help="which models to train")
-    p.add_argument("--out", default="out", help="folder for the checkpoints")
+    p.add_argument("--out", help="folder for the checkpoints (default out/world<corpus_seed>, out/small/world<corpus_seed>)")
     p.add_argument("--epochs", type=int, help=f"passes over the data (default {TrainConfig.epochs})")
     p.add_argument("--seed", type=int, default=0, help="model initialisation and batch order")
     p.add_argument("--corpus_seed", type=int, default=0, help="which invented people exist (the world)")
@@ -149,5 +150,6 @@ if __name__ == "__main__":
     a = p.parse_args()
     cfg = replace(SMALL if a.small else TrainConfig(), seed=a.seed, corpus_seed=a.corpus_seed)
     cfg = replace(cfg, epochs=a.epochs) if a.epochs is not None else cfg
+    out = a.out or os.path.join("out", *(["small"] if a.small else []), f"world{a.corpus_seed}")
     for w in a.which:
-        build(w, a.out, cfg)
+        build(w, out, cfg)

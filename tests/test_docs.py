@@ -24,5 +24,6 @@ def test_every_section_reference_resolves_in_method_md():
 
 
 def test_nothing_points_outside_the_repository():
-    offenders = [path for path, text in sources() if "../shared" in text or "shared/METHOD" in text]
+    outside = ("../" + "shared", "shared/" + "METHOD")  # spelled in two parts so this file is no offender
+    offenders = [path for path, text in sources() if any(s in text for s in outside)]
     assert not offenders

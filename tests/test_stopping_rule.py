@@ -1,6 +1,6 @@
 """The stopping rule must not ask for more than exact unlearning: the oracle, which never saw the
 forget people, meets it on the forget split (METHOD §5.3). Checked on three worlds of train.SMALL
-(corpus seeds 0, 1, 2; world 0 is the one notebooks 03 and 04 use, trained once into out/small);
+(corpus seeds 0, 1, 2; world 0 is the one notebooks 03 and 04 use, trained once into out/small/world0);
 reproduce.py reports the same check for the built-in size on worlds 0-5."""
 import dataclasses
 import os
@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("corpus_seed", [0, 1, 2])
 def test_the_oracle_meets_the_stopping_rule(corpus_seed):
     cfg = dataclasses.replace(train.SMALL, corpus_seed=corpus_seed)
-    folder = os.path.join(ROOT, "out", "small" if corpus_seed == 0 else f"small-world{corpus_seed}")
+    folder = os.path.join(ROOT, "out", "small", f"world{corpus_seed}")
     base, oracle, ckpt = tasks.load_base_and_oracle(folder, "cpu", lambda line: None, cfg)
     c = corpus.make_corpus(**ckpt["corpus"])
     split = {s: data.encode(data.get_tokenizer(), getattr(c, s), 64)[0] for s in ("forget", "holdout")}
