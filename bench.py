@@ -133,7 +133,7 @@ def step_one(shape, mode, rank, repeat):
 
 
 def bench_step(args):
-    """Step time of full fine-tuning, our LoRA and (--peer) transformers + peft LoRA, each in a fresh
+    """Step time of full fine-tuning, this code's LoRA and (--peer) transformers + peft LoRA, each in a fresh
     process (peak resident memory from os.wait4), against this machine's matmul peak."""
     peak = matmul_peak()
     env = dict(os.environ, **(MALLOC if args.malloc else {}))
@@ -225,7 +225,7 @@ def bf16_matmul_peak(n=8192):
 
 
 def gpu_ours(cfg, args):
-    """Our GPT with LoRA on q, k, v, o, up, down; levers: --bf16_frozen, --compile (model and loss)."""
+    """This code's GPT with LoRA on q, k, v, o, up, down; levers: --bf16_frozen, --compile (model and loss)."""
     with torch.device("cuda"):
         model = GPT(cfg)
     layers = lora.add_lora(model, args.rank, 2 * args.rank)
@@ -297,7 +297,7 @@ def bench_gpu(args):
     both rows) / median step time; MFU divides that by the nominal bf16 dense peak (--peak_tflops) and, in
     the next column, by the bf16 matmul rate measured here; peak mem is torch.cuda.max_memory_allocated
     over the timed steps (weights included); 'ours vs peft' is peft's step time / ours (> 1: ours faster).
-    Levers (--compile, --fused, --bf16_frozen) apply to our model only, except --fused (both optimizers)."""
+    Levers (--compile, --fused, --bf16_frozen) apply to this code's model only, except --fused (both optimizers)."""
     if not torch.cuda.is_available():
         print("no CUDA device: `python bench.py gpu` (step time, MFU, memory, FILA init on the GPU) needs one")
         return
@@ -324,7 +324,7 @@ def bench_gpu(args):
     torch.cuda.empty_cache()
     emit(f"**{torch.cuda.get_device_name()}**, torch {torch.__version__} (CUDA {torch.version.cuda}), transformers "
          f"{pkg_version('transformers')}, peft {pkg_version('peft')}, {time.strftime('%Y-%m-%d')}. LoRA rank "
-         f"{args.rank}, alpha {2 * args.rank}; bf16 autocast; AdamW{' (fused)' if args.fused else ''}; our levers: "
+         f"{args.rank}, alpha {2 * args.rank}; bf16 autocast; AdamW{' (fused)' if args.fused else ''}; levers: "
          f"{' '.join(levers) or 'none'}; {args.warmup} warm-up steps, median of {args.repeat}. bf16 matmul peak: "
          f"measured {measured:.0f} TFLOP/s, nominal {args.peak_tflops:.0f} TFLOP/s.\n")
     emit("| shape | B×T | model | trainable | step | tokens/s | TFLOP/s | MFU (nominal) | MFU (measured) "
@@ -434,9 +434,9 @@ if __name__ == "__main__":
     p.add_argument("--fila", default="randomized,exact", help="gpu: FILA init SVDs to time at XL shape ('' for none)")
     p.add_argument("--warmup", type=int, default=3, help="gpu: untimed steps first (compilation happens there)")
     p.add_argument("--peak_tflops", type=float, default=989.0, help="gpu: nominal bf16 dense peak (H100/H200: 989)")
-    p.add_argument("--compile", action="store_true", help="gpu: torch.compile our model and loss")
+    p.add_argument("--compile", action="store_true", help="gpu: torch.compile this code's model and loss")
     p.add_argument("--fused", action="store_true", help="gpu: fused AdamW (ours and peft)")
-    p.add_argument("--bf16_frozen", action="store_true", help="gpu: store our frozen Linear weights in bf16")
+    p.add_argument("--bf16_frozen", action="store_true", help="gpu: store the frozen Linear weights in bf16")
     p.add_argument("--timeout", type=int, default=300, help="gpu: seconds allowed to each configuration")
     p.add_argument("--out", help="gpu: also write the markdown table to this file")
     args = p.parse_args()

@@ -61,7 +61,7 @@ def truth_ratios(scores):
     the geometric mean of the wrong answers' per-token probabilities over the true one's. R ≪ 1: the
     model knows the fact; R ≈ 1: it cannot tell the truth from the perturbations. None without
     wrong answers."""
-    if not scores or len(scores[0]) < 2:
+    if not scores or min(map(len, scores)) < 2:  # every question needs at least one wrong answer
         return None
     return np.array([np.exp(s[0][0] - np.mean([nll for nll, _ in s[1:]])) for s in scores])
 
@@ -173,12 +173,18 @@ def stopping_thresholds(ma, el, n_forget, qa_hits=None, n_forget_qa=0, z=1.645):
     holdout): mean + z·sd·sqrt(1/n_forget + 1/n_holdout) for MA and EL_n over texts, and, for question
     data, for exact-match accuracy over questions (qa_hits, 0/1 each). A forget set that the model
     knows no better than unseen data has a mean below mean + z·sd/sqrt(n_forget) 95% of the time
-    (z = 1.645, one-sided); the 1/n_holdout term adds the uncertainty of the holdout mean itself."""
+    (z = 1.645, one-sided); the 1/n_holdout term adds the uncertainty of the holdout mean itself. A
+    holdout with no question right would give sd 0 and a threshold of 0 that nothing can pass; its
+    sd is then taken from Laplace's estimate (k + 1)/(n + 2) of the hit rate."""
     out = {}
     for key, v, n in (("ma", ma, n_forget), ("el", el, n_forget), ("qa", qa_hits, n_forget_qa)):
         v = np.asarray([x for x in (v or []) if x is not None], float)
         if len(v) > 1 and n:
-            out[key] = float(v.mean() + z * v.std(ddof=1) * np.sqrt(1 / n + 1 / len(v)))
+            sd = v.std(ddof=1)
+            if key == "qa" and sd == 0:  # no (or every) holdout question right: use Laplace's (k+1)/(n+2)
+                p = (v.sum() + 1) / (len(v) + 2)
+                sd = np.sqrt(p * (1 - p))
+            out[key] = float(v.mean() + z * sd * np.sqrt(1 / n + 1 / len(v)))
     return out
 
 

@@ -10,6 +10,7 @@ steps taught it nothing about B.
 """
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import sys
@@ -22,6 +23,7 @@ import data
 import lora
 import metrics
 import tasks
+import train
 from model import lm_loss
 
 
@@ -34,7 +36,8 @@ def unlearned_model(run_dir, device="cpu"):
     if cfg.get("forget_file"):
         raise ValueError("relearn.py measures runs on the built-in corpus (it needs the forget people's halves)")
     world = tasks.world_dir(cfg["base_dir"], cfg.get("corpus_seed", 0))
-    model, oracle, ckpt = tasks.load_base_and_oracle(world, device, print)
+    model, oracle, ckpt = tasks.load_base_and_oracle(world, device, print, dataclasses.replace(
+        train.TrainConfig(), corpus_seed=cfg.get("corpus_seed", 0)))
     name = "model.pt" if cfg["adapter"] == "full" else "adapter.pt"
     saved = torch.load(os.path.join(run_dir, name), map_location=device, weights_only=True)
     if cfg["adapter"] == "full":

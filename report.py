@@ -5,7 +5,7 @@
                 no wall-clock times, so two runs with the same seed give identical bytes
   timing.json   the wall-clock times (total, at each evaluation, and in training steps alone)
   adapter.pt    the LoRA weights only (model.pt, the whole model, for full fine-tuning)
-  state.pt      everything --resume needs: the weights, the optimizer, the random state, the position
+  state.pt      everything --resume needs (written at every evaluation): weights, optimizer, random state, position
   plot.png      forget vs retain over the steps
 Every file is written to a temporary name and renamed (data.atomic_write): a killed run leaves each
 file either complete or absent, never half-written.
@@ -61,7 +61,7 @@ def check_writable(folder):
 def load_resume(folder):
     path = os.path.join(folder, "state.pt")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"--resume {folder}: no state.pt there (it is written after every epoch)")
+        raise FileNotFoundError(f"--resume {folder}: no state.pt there (it is written at every evaluation)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
@@ -169,8 +169,9 @@ def summary(results):
         for key, label in names.items():
             if first.get(split, {}).get(key) is not None:
                 o = 0.0 if key == "privacy_leakage" else oracle.get(key) if split == "forget" else None
-                lines.append(f"{split + ' ' + label:26s}{first[split][key]:10.3f}{last[split][key]:10.3f}" +
-                             ("" if o is None else f"{o:10.3f}"))
+                after = last[split].get(key)
+                lines.append(f"{split + ' ' + label:26s}{first[split][key]:10.3f}" +
+                             (f"{after:10.3f}" if after is not None else f"{'–':>10s}") + ("" if o is None else f"{o:10.3f}"))
     for k in ("forget_quality", "model_utility"):
         if results["end"][k] is not None:
             lines.append(f"{k.replace('_', ' '):26s}{results['start'][k]:10.3g}{results['end'][k]:10.3g}")

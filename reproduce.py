@@ -2,7 +2,7 @@
 
     python reproduce.py              # sweep on world 0, selection, grid on worlds 1-5 -> results/
     python reproduce.py --quick      # a smaller version: worlds 1-2, one learning rate per adapter
-    python reproduce.py --default    # only the default run (unlearn.py's defaults) on worlds 1-5
+    python reproduce.py --default    # only the default run (IHL + FILA at unlearn.py's lr) on worlds 1-5
 
 1. Sweep, on the development world (corpus seed 0): every loss x adapter at every learning rate
    of LRS[adapter].
@@ -14,7 +14,9 @@
    the first evaluation that met the stopping rule; runs that never met it are reported at their
    end, and counted as such.
 Also per world: does the oracle meet the stopping rule (it must), and the default run's targets.
-Writes results/sweep.json, grid.json, protocol.md and grid.png; every run's row in results/full/runs/.
+Writes results/sweep.json, grid.json, protocol.md and grid.png; every run's row in results/full/runs/,
+which later invocations read instead of rerunning (delete that folder after changing the code).
+Every run evaluates every EVAL_EVERY steps, the default run here included.
 """
 import argparse
 import json
@@ -103,13 +105,13 @@ def grid_table(rows):
 
 def oracle_table(rows):
     """Per world: the thresholds and what the oracle scores on the forget split (it must be below)."""
-    lines = ["| world | MA threshold | oracle forget MA | EL4 threshold | oracle forget EL4 | oracle meets the rule |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| world | MA: threshold / oracle | EL4: threshold / oracle | QA: threshold / oracle | oracle meets the rule |",
+             "|---|---|---|---|---|"]
     for w in sorted({r["world"] for r in rows}):
         r = next(r for r in rows if r["world"] == w)
         t, o = r["thresholds"], r["oracle"]
-        ok = o["ma"] < t["ma"] and o["el4"] < t["el"]
-        lines.append(f"| {w} | {t['ma']:.3f} | {o['ma']:.3f} | {t['el']:.3f} | {o['el4']:.3f} | {'yes' if ok else 'NO'} |")
+        lines.append(f"| {w} | {t['ma']:.3f} / {o['ma']:.3f} | {t['el']:.3f} / {o['el4']:.3f} | "
+                     f"{t['qa']:.3f} / {o['qa_acc']:.3f} | {'yes' if unlearn.rule_met(o, t, 'el4') else 'NO'} |")
     return "\n".join(lines)
 
 
@@ -164,13 +166,15 @@ def main():
                    "with 0/n .. n-1/n side by side, then once more without --part to write the tables)")
     a = p.parse_args()
     part, parts = map(int, a.part.split("/"))
+    if not 0 <= part < parts:
+        p.error(f"--part {a.part}: expected i/n with 0 <= i < n")
     worlds = a.worlds or (REPORT_WORLDS[:2] if a.quick else REPORT_WORLDS)
     lrs = {k: v[-1:] for k, v in LRS.items()} if a.quick else LRS
     t0, work = time.time(), os.path.join(a.out, "quick" if a.quick else "full")
     say = lambda r: print(f"{time.time() - t0:5.0f}s  world {r['world']} {r['loss']:3s} + {r['adapter']:5s} lr {r['lr']:g}: "
                           f"{'met at step ' + str(r['steps']) if r['met'] else 'not met':16s} forget QA {r['forget_qa']:.2f}  "
                           f"retain {r['retain_qa']:.2f}  general {r['general_qa']:.2f}  fluency {r['fluency']:.2f}", flush=True)
-    md = ["# Results of `python reproduce.py" + (" --quick" if a.quick else "") + ("` --default" if a.default else "`"), ""]
+    md = ["# Results of `python reproduce.py" + (" --quick" if a.quick else "") + (" --default" if a.default else "") + "`", ""]
     if a.default:
         default = unlearn.UnlearnConfig()
         rows = [one_run(work, w, a.base_dir, loss=default.loss, adapter=default.adapter, lr=default.lr) for w in worlds]
@@ -198,7 +202,7 @@ def main():
     rows = [one_run(work, w, a.base_dir, **s) for w, s in grid]
     data.atomic_write(os.path.join(a.out, "grid.json"), json.dumps(rows, indent=1).encode())
     figure(rows, os.path.join(a.out, "grid.png"))
-    md += ["## 1. Sweep on the development world (corpus seed 0)", "", grid_table(sweep).replace("± ", "± "), "",
+    md += ["## 1. Sweep on the development world (corpus seed 0)", "", grid_table(sweep), "",
            "One run per row (world 0 only, so no ± here). Chosen by `select`: " +
            "; ".join(f"{l.upper()} + {ad}: lr {chosen[l, ad]['lr']:g}" for l, ad in chosen), "",
            f"## 2. The chosen settings on worlds {', '.join(map(str, worlds))} (mean ± std over worlds)", "",

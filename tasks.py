@@ -40,7 +40,7 @@ class Task:
         return cached(os.path.join(self.cache_dir, f"{name}.json"), compute)
 
 
-CACHE_VERSION = 2  # bump when a metric changes: older cached measurements are then recomputed
+CACHE_VERSION = 3  # bump when a metric changes: older cached measurements are then recomputed
 
 
 def cached(path, compute):
@@ -64,7 +64,7 @@ def load_base_and_oracle(base_dir, device, log, train_cfg=None):
     train.TrainConfig()) if they are not there yet."""
     paths = {w: os.path.join(base_dir, f"{w}.pt") for w in ("base", "oracle")}
     if missing := [w for w, p in paths.items() if not os.path.exists(p)]:
-        log(f"first use: training {' and '.join(missing)} into {base_dir}/ (about 35 s each on a 2-core CPU)")
+        log(f"first use: training {' and '.join(missing)} into {base_dir}/ (about a minute each on a 2-core CPU)")
     for which in missing:
         train.build(which, base_dir, train_cfg, device=device, log=log)
     base, ckpt = train.load_checkpoint(paths["base"], device)
@@ -76,6 +76,9 @@ def builtin_task(cfg, log):
     train_cfg = replace(train.TrainConfig(), corpus_seed=cfg.corpus_seed)
     world = world_dir(cfg.base_dir, cfg.corpus_seed)
     model, oracle, ckpt = load_base_and_oracle(world, cfg.device, log, train_cfg)
+    if ckpt["corpus"]["seed"] != cfg.corpus_seed:
+        raise ValueError(f"{world}/base.pt was trained on corpus seed {ckpt['corpus']['seed']}, not "
+                         f"{cfg.corpus_seed}; delete it (unlearn.py trains it again on first use)")
     enc = data.get_tokenizer(ckpt["tokenizer"])
     c = corpus.make_corpus(**ckpt["corpus"])
     B = model.config.block_size
@@ -104,7 +107,8 @@ def file_task(cfg, log):
         model = GPT.from_pretrained(cfg.init_from).to(cfg.device).eval()
         enc = data.get_tokenizer("gpt2", model.hf_folder)
     else:
-        model, _, ckpt = load_base_and_oracle(world_dir(cfg.base_dir, cfg.corpus_seed), cfg.device, log)
+        model, _, ckpt = load_base_and_oracle(world_dir(cfg.base_dir, cfg.corpus_seed), cfg.device, log,
+                                              replace(train.TrainConfig(), corpus_seed=cfg.corpus_seed))
         enc = data.get_tokenizer(ckpt["tokenizer"])
     if enc.n_vocab > model.config.vocab_size:
         raise ValueError(f"the tokenizer has {enc.n_vocab} tokens but the model only {model.config.vocab_size}")

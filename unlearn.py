@@ -5,9 +5,10 @@
     python unlearn.py --init_from gpt2 --forget_file f.txt --retain_file r.txt --holdout_file h.txt
 
 Each step: the unlearning loss on a forget batch, plus λ·NLL on a random retain batch (λ = 1 for
-gd, ihl and npo, 0 for ga). Each epoch: MA and EL_n on the forget biographies and QA metrics on every
-split; stop once forget MA and EL_n are both below what the starting model scores on people it never
-saw (the holdout split), the stopping rule of METHOD §5. Results go to out/<run>/.
+gd, ihl and npo, 0 for ga). Every epoch (or --eval_every steps): QA metrics, fluency and privacy
+leakage on every split, MA (and EL_n where the rule needs it) on the forget biographies; stop once
+forget MA, EL_n and QA accuracy are all below what the starting model scores on people it never saw,
+with a margin for sampling noise (the stopping rule, METHOD §5.3). Results go to out/<run>/.
 """
 import argparse
 import copy
@@ -79,14 +80,14 @@ class UnlearnConfig:
     batch_size: int = opt(8, "forget sequences per step (and as many retain sequences)")
     retain_weight: float = opt(None, "λ of the retain NLL term (default 1 for gd/ihl/npo, 0 for ga)")
     el_n: int = opt(4, "n of EL_n (the biographies are ~45 tokens, so 4 rather than the paper's 10)")
-    eval_retain: int = opt(40, "retain people (or sequences) scored each epoch; 0: all")
+    eval_retain: int = opt(40, "retain people (or sequences) scored at each evaluation; 0: all")
     npo_beta: float = opt(0.1, "β of NPO")
     eval_every: int = opt(None, "evaluate every N steps (default: at the end of every epoch)")
     no_stop: bool = opt(False, "run every epoch instead of stopping at the rule")
     seed: int = opt(0, "batch order and adapter initialisation")
     corpus_seed: int = opt(0, "the built-in world: which invented people exist (0 is the one settings were chosen on)")
     device: str = opt("auto", "auto (cuda, then mps, then cpu) | cpu | cuda | mps")
-    base_dir: str = opt("out", "folder of base.pt and oracle.pt (trained there if missing)")
+    base_dir: str = opt("out", "folder of the worlds: <base_dir>/world<corpus_seed>/base.pt and oracle.pt (trained there if missing)")
     out: str = opt(None, "run folder (default out/<loss>-<adapter>-s<seed>)")
     init_from: str = opt(None, "a Hugging Face GPT-2 folder (config.json, model.safetensors, vocab.json) or name")
     forget_file: str = opt(None, "your forget set: text, one sequence per line, or .jsonl (text, or prompt+answer)")
@@ -155,8 +156,9 @@ def summary_scores(scores, ratios, task):
 
 def evaluate(model, task, cfg, thr=None, final=False):
     """Every scored split's report, with forget quality and model utility. On the forget split also:
-    EL_n (the costly one) when the stopping rule needs it, i.e. once forget MA is below its threshold
-    (before that the rule cannot be met), and at the start and the end; fluency of the model's own
+    EL_n (the costly one) when the stopping rule needs it, i.e. once forget MA and QA accuracy are
+    below their thresholds (before that the rule cannot be met), and at the start and the end; fluency
+    of the model's own
     answers (judged by the oracle); the membership-inference AUC of forget vs holdout biographies and
     the privacy leakage relative to the oracle's."""
     out = {s: metrics.split_report(model, e, None, cfg.device, forget_like=s == "forget") for s, e in task.scored.items()}
@@ -202,9 +204,9 @@ def stopping_thresholds(model, task, cfg):
     return metrics.stopping_thresholds(ma, el, len(task.scored["forget"].texts), hits, len(task.scored["forget"].qa))
 
 
-def rule_met(f, thr, el):
+def rule_met(f, thr, el_key):
     """Forget MA and EL_n below their thresholds, and forget QA accuracy too where there are questions."""
-    return bool(thr) and "ma" in f and el in f and f["ma"] < thr["ma"] and f[el] < thr["el"] and \
+    return bool(thr) and "ma" in f and el_key in f and f["ma"] < thr["ma"] and f[el_key] < thr["el"] and \
         ("qa" not in thr or f["qa_acc"] < thr["qa"])
 
 
@@ -249,45 +251,46 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
         fixed, pos = resume["fixed"], resume["pos"]
         rng.setstate(resume["rng"])
         log(f"resuming at epoch {pos['epoch']}, step {pos['step']}")
-    progress = runtime.Progress(cfg, len(forget), rng, pos)
-    thr, el = fixed["thresholds"], f"el{cfg.el_n}"
+    progress = runtime.Progress(cfg, len(forget), rng, pos)  # moves `pos` forward as the run goes
+    thr, el_key = fixed["thresholds"], f"el{cfg.el_n}"
 
     # 2. Fisher on forget and retain -> FILA-initialised adapters (or LoRA, PiSSA, full fine-tuning).
     model = add_adapters(model, cfg, forget, retain, log, resume and resume["weights"])
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     if resume is not None:
-        opt.load_state_dict(resume["optimizer"])
+        optimizer.load_state_dict(resume["optimizer"])
     fwd = ddp.wrap(torch.compile(model) if cfg.compile else model, params)  # same parameters
     unlearning_term = lambda m, x, y: forget_loss(m, ref, x, y, cfg)
     if ddp.world() > 1:
         log(f"data parallel over {ddp.world()} processes: each takes 1/{ddp.world()} of every batch")
-    log(f"{cfg.loss} + {cfg.adapter}: {sum(p.numel() for p in params):,} trainable parameters; " +
-        (f"stop when forget MA < {thr['ma']:.3f}, EL{cfg.el_n} < {thr['el']:.3f}" +
-         (f", QA < {thr['qa']:.3f}" if "qa" in thr else "") + " (from unseen people)" if thr else
-         "no stopping rule (it needs forget texts, and holdout texts long enough for EL_n)"))
+    rule_text = "no stopping rule (it needs forget texts, and holdout texts long enough for EL_n)"
+    if thr:
+        rule_text = f"stop when forget MA < {thr['ma']:.3f}, EL{cfg.el_n} < {thr['el']:.3f}"
+        rule_text += (f", QA < {thr['qa']:.3f}" if "qa" in thr else "") + " (from unseen people)"
+    log(f"{cfg.loss} + {cfg.adapter}: {sum(p.numel() for p in params):,} trainable parameters; {rule_text}")
 
-    def save_state():  # everything needed to continue exactly where we are (rank 0 writes)
+    def save_state():  # everything needed to continue exactly where the run is (rank 0 writes)
         if ddp.rank() == 0:
             report.save_state(cfg.out, dict(config=asdict(cfg), fixed=fixed, pos=pos, rng=rng.getstate(),
                                              weights=report.trainable_state(model, cfg.adapter),
-                                             optimizer=opt.state_dict()))
+                                             optimizer=optimizer.state_dict()))
+
+    outcome, step_seconds, eval_seconds = "finished", 0.0, []
 
     def evaluate_and_record(final=False):  # -> whether the stopping rule is met now
         scores = evaluate(model, task, cfg, thr, final)
-        f = scores["forget"]
-        met = rule_met(f, thr, el)
+        met = rule_met(scores["forget"], thr, el_key)
         progress.record(scores, met)
         eval_seconds.append(time.time() - t_start)
         return met, scores
 
     # 3. Unlearn: each step pairs a forget batch with a random retain batch; evaluate; stop at the rule.
-    outcome, step_seconds, eval_seconds = "finished", 0.0, []
     os.makedirs(cfg.out, exist_ok=True)
     with runtime.ctrl_c_finishes_the_step(log) as interrupted:
         for batch, paired in progress.batches(forget, retain):
             t_step = time.perf_counter()
-            loss, bad = runtime.train_step(fwd, unlearning_term, opt, params, batch, paired, cfg)
+            loss, bad = runtime.train_step(fwd, unlearning_term, optimizer, params, batch, paired, cfg)
             step_seconds += time.perf_counter() - t_step
             if bad:
                 outcome = f"stopped: non-finite {bad} at step {pos['step'] + 1}; the weights are those of " \
@@ -300,7 +303,7 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
             if progress.evaluation_due():
                 met, scores = evaluate_and_record(final=pos["step"] == progress.total_steps)
                 left = progress.seconds_left()
-                log(f"epoch {progress.epochs_done():2g} step {pos['step']:3d}  loss {loss:7.3f}  {report.brief(scores, el)}"
+                log(f"epoch {progress.epochs_done():2g} step {pos['step']:3d}  loss {loss:7.3f}  {report.brief(scores, el_key)}"
                     f"  {time.time() - t_start:.0f}s" + ("" if left is None else f" (at most {left:.0f}s more)"))
                 save_state()
                 if met and not cfg.no_stop:
@@ -308,17 +311,19 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
     if outcome != "finished":
         log(outcome)
         save_state()
-        if pos["history"][-1]["step"] != pos["step"]:  # score where we stopped, between evaluations
+        last = pos["history"][-1]
+        if last["step"] != pos["step"] or el_key not in last["forget"]:  # score where the run stopped, in full
             evaluate_and_record(final=True)
 
-    start, end = pos["history"][0], pos["history"][-1]
-    met = pos["rule_met"]  # the first evaluation that met the rule, with every metric there
-    at_rule = met and next(h for h in pos["history"] if h["step"] == met["step"])
+    first, end = pos["history"][0], pos["history"][-1]
+    first_met = pos["rule_met"]  # the first evaluation that met the rule, with every metric there
+    at_rule = first_met and next(h for h in pos["history"] if h["step"] == first_met["step"])
     results = dict(
-        config=asdict(cfg), outcome=outcome, thresholds=thr, stopped_at_epoch=met and met["epoch"], steps=pos["step"],
+        config=asdict(cfg), outcome=outcome, thresholds=thr, stopped_at_epoch=first_met and first_met["epoch"],
+        steps=pos["step"],
         rule_met=at_rule, trainable_params=sum(p.numel() for p in params), oracle_forget=task.oracle_forget,
         holdout_start=fixed["holdout"],
-        start=dict(forget_quality=start["forget_quality"], model_utility=start["model_utility"]),
+        start=dict(forget_quality=first["forget_quality"], model_utility=first["model_utility"]),
         end=dict(forget_quality=end["forget_quality"], model_utility=end["model_utility"]),
         generations=[dict(prompt=enc.decode(p), before=b, after=greedy_answer(model, enc, p, cfg.device))
                      for p, b in zip(task.prompts, fixed["before"])],

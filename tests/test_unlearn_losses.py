@@ -196,3 +196,11 @@ def test_float64_logits_give_float64_losses():
                  unlearn.npo_loss(logits, targets, logits.detach() + 0.1)):
         assert loss.dtype == torch.float64
     assert lm_loss(logits.bfloat16(), targets).dtype == torch.float32
+
+
+def test_a_holdout_with_no_question_right_still_gives_a_passable_qa_threshold():
+    # 0 of 4 holdout questions right: the sample sd is 0; Laplace's p = 1/6 gives sd = sqrt(5/36)
+    t = metrics.stopping_thresholds([0.6, 0.8], [0.1, 0.3], n_forget=2, qa_hits=[0, 0, 0, 0], n_forget_qa=8)
+    assert t["qa"] == pytest.approx(1.645 * math.sqrt(5 / 36) * math.sqrt(1 / 8 + 1 / 4)) and t["qa"] > 0
+    # a question without wrong answers: no truth ratio for the set, rather than a NaN
+    assert metrics.truth_ratios([[(0.5, True), (1.0, False)], [(0.5, True)]]) is None
