@@ -93,13 +93,12 @@ def grid_table(rows):
              "|" + "---|" * (len(COLUMNS) + 4)]
     for loss in LOSSES:
         for adapter in ADAPTERS:
-            runs = [r for r in rows if r["loss"] == loss and r["adapter"] == adapter]
-            if not runs:
-                continue
-            cells = [mean_std([r[k] for r in runs if r["met"]] if k == "steps" else [r[k] for r in runs], fmt)
-                     for k, _, fmt in COLUMNS]
-            lines.append(f"| {loss.upper()} | {adapter} | {runs[0]['lr']:g} | {sum(r['met'] for r in runs)}/{len(runs)} | "
-                         + " | ".join(cells) + " |")
+            for lr in sorted({r["lr"] for r in rows if r["loss"] == loss and r["adapter"] == adapter}):
+                runs = [r for r in rows if r["loss"] == loss and r["adapter"] == adapter and r["lr"] == lr]
+                cells = [mean_std([r[k] for r in runs if r["met"]] if k == "steps" else [r[k] for r in runs], fmt)
+                         for k, _, fmt in COLUMNS]
+                lines.append(f"| {loss.upper()} | {adapter} | {lr:g} | {sum(r['met'] for r in runs)}/{len(runs)} | "
+                             + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -211,10 +211,20 @@ def rule_met(f, thr, el_key):
 
 
 def greedy_answer(model, enc, prompt, device):
-    """The model's greedy continuation of a token prompt, up to <|endoftext|> (at most 24 tokens)."""
+    """The model's greedy continuation of a token prompt, up to <|endoftext|> (at most 24 tokens). The
+    embedding is padded past the tokenizer's last id; an unlearned model may pick such an id (it was
+    never trained): it is shown as "<?>"."""
     x = torch.tensor([prompt], device=device)
     out = model.generate(x, min(24, model.config.block_size - len(prompt)), temperature=0)[0, len(prompt):].tolist()
-    return enc.decode(out[:out.index(enc.eot_token)] if enc.eot_token in out else out).strip()
+    out = out[:out.index(enc.eot_token)] if enc.eot_token in out else out
+    text, run = [], []
+    for t in out + [None]:  # decode each stretch of real ids at once (a character can span tokens)
+        if t is not None and t < enc.n_vocab:
+            run.append(t)
+            continue
+        text += [enc.decode(run)] + (["<?>"] if t is not None else [])
+        run = []
+    return "".join(text).strip()
 
 
 def forget_loss(model, ref, x, y, cfg):

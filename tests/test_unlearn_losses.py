@@ -204,3 +204,18 @@ def test_a_holdout_with_no_question_right_still_gives_a_passable_qa_threshold():
     assert t["qa"] == pytest.approx(1.645 * math.sqrt(5 / 36) * math.sqrt(1 / 8 + 1 / 4)) and t["qa"] > 0
     # a question without wrong answers: no truth ratio for the set, rather than a NaN
     assert metrics.truth_ratios([[(0.5, True), (1.0, False)], [(0.5, True)]]) is None
+
+
+def test_greedy_answer_survives_ids_past_the_tokenizer():
+    """The embedding is padded past the tokenizer's last id; an unlearned model may generate one."""
+    import data
+    import unlearn
+    enc = data.get_tokenizer()
+    they, play = enc.encode_ordinary(" They")[0], enc.encode_ordinary(" play")[0]
+
+    class Fake:
+        config = type("C", (), {"block_size": 64})()
+
+        def generate(self, x, n, temperature=0):
+            return torch.cat([x, torch.tensor([[they, enc.n_vocab + 2, play, enc.eot_token, 3]])], 1)
+    assert unlearn.greedy_answer(Fake(), enc, [1, 2], "cpu") == "They<?> play"
