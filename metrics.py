@@ -44,8 +44,8 @@ def text_nll(model, texts, batch_size=64, device="cpu"):
 
 
 def exact_matches(model, qa, device="cpu"):
-    """Per question: 1 if the greedy answer is exactly the trained one, else 0."""
-    return [float(s[0][1]) for s in answer_scores(model, qa, device=device)]
+    """Per question: 1 if the greedy answer is exactly the trained one, else 0 (wrong answers unscored)."""
+    return [float(s[0][1]) for s in answer_scores(model, [(p, answers[:1]) for p, answers in qa], device=device)]
 
 
 def answer_scores(model, qa, batch_size=128, device="cpu"):
@@ -111,6 +111,12 @@ def extraction_likelihood(model, texts, n=4, device="cpu", chunk=128):
     return [sum(s) / len(s) if s else None for s in scores]  # None: too short for an n-gram suffix
 
 
+def mean_extraction_likelihood(model, texts, n, device="cpu"):
+    """Mean EL_n over the texts that have one (shorter than n + 1 tokens: left out); None if none has."""
+    el = [v for v in extraction_likelihood(model, texts, n, device) if v is not None]
+    return float(np.mean(el)) if el else None
+
+
 def ngram_overlap(generated, truth, n):
     """Share of the true suffix's n-grams that also occur among the generated n-grams (as sets:
     a repeated n-gram is counted once on each side)."""
@@ -161,9 +167,9 @@ def split_report(model, split, el_n=None, device="cpu", forget_like=False):
         report.update(qa)
     if split.texts:
         report["ma"] = float(np.mean(memorization_accuracy(model, split.texts, device=device)))
-        el = [v for v in extraction_likelihood(model, split.texts, el_n, device) if v is not None] if el_n else []
-        if el:  # texts shorter than n + 1 tokens have no EL_n and are left out of the mean
-            report[f"el{el_n}"] = float(np.mean(el))
+        el = mean_extraction_likelihood(model, split.texts, el_n, device) if el_n else None
+        if el is not None:
+            report[f"el{el_n}"] = el
     model.train(was_training)
     return report, ratios
 

@@ -41,11 +41,16 @@ COLUMNS = [  # (key, header, format); every value is taken at the rule-met step,
     ("forget_quality", "forget quality (log10 p)", "{:.1f}"), ("forget_tr", "forget truth ratio", "{:.2f}")]
 
 
+def run_key(corpus_seed, settings):
+    """The name of a run's row in <work>/runs/: its world and settings."""
+    return f"w{corpus_seed}-" + "-".join(f"{k}{v}" for k, v in sorted(settings.items()))
+
+
 def one_run(work, corpus_seed, base_dir, epochs=10, **settings):
     """One unlearning run -> a row: the settings, whether and when the rule was met, and the metrics
     at that point (or at the end), with the start's for reference. Rows are kept in <work>/runs/, so
     an interrupted protocol continues where it stopped, and --part i/n processes share the work."""
-    key = f"w{corpus_seed}-" + "-".join(f"{k}{v}" for k, v in sorted(settings.items()))
+    key = run_key(corpus_seed, settings)
     path = os.path.join(work, "runs", key + ".json")
     if os.path.exists(path):
         return json.load(open(path))
@@ -186,8 +191,7 @@ def main():
     for i, s in enumerate(todo):
         if i % parts == part:
             say(one_run(work, DEV_WORLD, a.base_dir, **s))
-    while parts > 1 and not all(os.path.exists(os.path.join(work, "runs", f"w{DEV_WORLD}-" + "-".join(
-            f"{k}{v}" for k, v in sorted(s.items())) + ".json")) for s in todo):
+    while parts > 1 and not all(os.path.exists(os.path.join(work, "runs", run_key(DEV_WORLD, s) + ".json")) for s in todo):
         time.sleep(5)  # the other parts' sweep runs: the grid needs all of them for the selection
     sweep = [one_run(work, DEV_WORLD, a.base_dir, **s) for s in todo]
     chosen = {(l, ad): select([r for r in sweep if r["loss"] == l and r["adapter"] == ad]) for l in LOSSES for ad in ADAPTERS}

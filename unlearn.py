@@ -19,7 +19,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -165,9 +164,9 @@ def evaluate(model, task, cfg, thr=None, final=False):
     scores = {s: r for s, (r, _) in out.items()}
     f, forget = scores["forget"], task.scored["forget"]
     if "ma" in f and (thr is None or final or (f["ma"] < thr["ma"] and f.get("qa_acc", 0) < thr.get("qa", 2))):
-        el = [v for v in metrics.extraction_likelihood(model, forget.texts, cfg.el_n, cfg.device) if v is not None]
-        if el:
-            f[f"el{cfg.el_n}"] = float(np.mean(el))
+        el = metrics.mean_extraction_likelihood(model, forget.texts, cfg.el_n, cfg.device)
+        if el is not None:
+            f[f"el{cfg.el_n}"] = el
     if task.oracle is not None and forget.qa:
         prompts = [p for p, _ in forget.qa]
         f["fluency"], f["fluency_sd"] = metrics.fluency(task.oracle, prompts, metrics.greedy_answers(
@@ -211,12 +210,11 @@ def rule_met(f, thr, el_key):
 
 
 def greedy_answer(model, enc, prompt, device):
-    """The model's greedy continuation of a token prompt, up to <|endoftext|> (at most 24 tokens). The
-    embedding is padded past the tokenizer's last id; an unlearned model may pick such an id (it was
-    never trained): it is shown as "<?>"."""
-    x = torch.tensor([prompt], device=device)
-    out = model.generate(x, min(24, model.config.block_size - len(prompt)), temperature=0)[0, len(prompt):].tolist()
-    out = out[:out.index(enc.eot_token)] if enc.eot_token in out else out
+    """The model's greedy answer to a token prompt as text (metrics.greedy_answers, without the
+    <|endoftext|>). The embedding is padded past the tokenizer's last id; an unlearned model may pick
+    such an id (it was never trained): it is shown as "<?>"."""
+    out = metrics.greedy_answers(model, [prompt], enc.eot_token, device=device)[0]
+    out = out[:-1] if out and out[-1] == enc.eot_token else out
     text, run = [], []
     for t in out + [None]:  # decode each stretch of real ids at once (a character can span tokens)
         if t is not None and t < enc.n_vocab:

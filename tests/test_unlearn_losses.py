@@ -213,7 +213,7 @@ def test_greedy_answer_survives_ids_past_the_tokenizer():
     enc = data.get_tokenizer()
     they, play = enc.encode_ordinary(" They")[0], enc.encode_ordinary(" play")[0]
 
-    class Fake:
+    class Fake(torch.nn.Module):
         config = type("C", (), {"block_size": 64})()
 
         def generate(self, x, n, temperature=0):
