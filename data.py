@@ -26,6 +26,11 @@ PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S
 EOT = "<|endoftext|>"
 
 
+class UserError(Exception):
+    """A bad input from the user (a flag, a file, a checkpoint): the command-line tools print its
+    message as one line. Anything else that goes wrong is a bug and keeps its traceback."""
+
+
 # ----------------------------------------------------------------------------- the tokenizer
 def train_bpe(text, vocab_size):
     """Byte-level BPE (the GPT-2 recipe): start from the 256 bytes, repeatedly merge the most
@@ -86,10 +91,10 @@ def get_tokenizer(name="fictitious", folder=None):
         try:
             return tiktoken.get_encoding("gpt2")
         except Exception as e:
-            raise RuntimeError(f"cannot load GPT-2's tokenizer: no vocab.json in {folder} and tiktoken's "
+            raise UserError(f"cannot load GPT-2's tokenizer: no vocab.json in {folder} and tiktoken's "
                                f"download failed ({type(e).__name__}); put the model's vocab.json there") from None
     if name != "fictitious":
-        raise ValueError(f"unknown tokenizer {name!r}: use 'fictitious' or 'gpt2'")
+        raise UserError(f"unknown tokenizer {name!r}: use 'fictitious' or 'gpt2'")
     # Parsed here rather than by tiktoken.load.load_tiktoken_bpe, whose cache keys local files by
     # path and would keep serving a stale copy after the file is rebuilt.
     with open(VOCAB_FILE, "rb") as f:
@@ -137,13 +142,13 @@ def encode(enc, split, block_size):
         longest = max(map(len, answers + paraphrases))
         room = W - longest
         if room < 1:
-            raise ValueError(f"an answer of {longest} tokens does not fit block_size {block_size}")
+            raise UserError(f"an answer of {longest} tokens does not fit block_size {block_size}")
         prompt = enc.encode_ordinary(q.prompt)[-room:]
         out.qa.append((prompt, answers))
         if paraphrases:
             out.paraphrased.append((prompt, paraphrases))
     if out.paraphrased and len(out.paraphrased) != len(out.qa):
-        raise ValueError("either every question of a split has a paraphrase or none has")
+        raise UserError("either every question of a split has a paraphrase or none has")
     return out, cut
 
 
@@ -163,12 +168,12 @@ def load_file(path, flag):
     file): one object per line with "text", or "prompt" and "answer" (optionally "perturbed": a list
     of wrong answers, for the truth ratio); answers are trained on exactly as written."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{flag} {path} does not exist")
+        raise UserError(f"{flag} {path} does not exist")
     raw = open(path, "rb").read()
     try:
         lines = raw.decode("utf-8").splitlines()
     except UnicodeDecodeError as e:
-        raise ValueError(f"{flag} {path} is not UTF-8 text (byte {e.start}); convert it, e.g. with iconv") from None
+        raise UserError(f"{flag} {path} is not UTF-8 text (byte {e.start}); convert it, e.g. with iconv") from None
     split = corpus.Split()
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -179,17 +184,17 @@ def load_file(path, flag):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError:
-            raise ValueError(f"{flag} {path} line {n} is not valid JSON") from None
+            raise UserError(f"{flag} {path} line {n} is not valid JSON") from None
         if isinstance(obj, dict) and isinstance(obj.get("text"), str):
             split.texts.append(obj["text"])
         elif isinstance(obj, dict) and isinstance(obj.get("prompt"), str) and isinstance(obj.get("answer"), str):
             if not isinstance(obj.get("perturbed", []), list):
-                raise ValueError(f'{flag} {path} line {n}: "perturbed" must be a list of wrong answers')
+                raise UserError(f'{flag} {path} line {n}: "perturbed" must be a list of wrong answers')
             split.qa.append(corpus.QA(obj["prompt"], obj["answer"], [str(w) for w in obj.get("perturbed", [])]))
         else:
-            raise ValueError(f'{flag} {path} line {n}: expected a "text" field, or "prompt" and "answer"')
+            raise UserError(f'{flag} {path} line {n}: expected a "text" field, or "prompt" and "answer"')
     if not split.texts and not split.qa:
-        raise ValueError(f"{flag} {path} has no sequences (it is empty or only blank lines)")
+        raise UserError(f"{flag} {path} has no sequences (it is empty or only blank lines)")
     return split
 
 

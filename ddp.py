@@ -36,16 +36,17 @@ def setup(device):
     return device
 
 
-def shard(batch):
-    """This rank's contiguous part of a global batch (possibly empty)."""
+def shard(batch, per_token=True):
+    """(this rank's contiguous part of a global batch, n_r / n: its share of the batch's targets,
+    counted in tokens or in sequences). A rank whose part would be empty (a batch smaller than the
+    number of processes) takes the batch's first example with share 0: every rank must run the
+    forward and backward, or DDP's gradient all-reduce waits for the missing one forever."""
     k = -(-len(batch) // world())  # ceil
-    return batch[rank() * k:(rank() + 1) * k]
-
-
-def share(part, full, per_token=True):
-    """n_r / n: this shard's share of the global batch's targets (tokens, or sequences)."""
+    part = batch[rank() * k:(rank() + 1) * k]
+    if not part:
+        return batch[:1], 0.0
     count = (lambda b: sum(sum(t[1:]) for _, t in b)) if per_token else len
-    return count(part) / max(count(full), 1)
+    return part, count(part) / max(count(batch), 1)
 
 
 def wrap(model, params):

@@ -32,8 +32,6 @@ def fisher_diagonal(model, batches, device="cpu", reduce=None):
     weights = [m.base.weight for m in layers.values()]
     fisher = [torch.zeros_like(w, dtype=torch.float32) for w in weights]
     n_total = 0
-    was_training = model.training
-    model.eval()
     try:
         for w in weights:
             w.requires_grad_(True)
@@ -50,7 +48,6 @@ def fisher_diagonal(model, batches, device="cpu", reduce=None):
     finally:
         for w in weights:
             w.requires_grad_(False)
-        model.train(was_training)
     if reduce is not None:
         for acc in fisher:
             reduce(acc)
@@ -62,18 +59,12 @@ def fisher_diagonal(model, batches, device="cpu", reduce=None):
 
 def weighted_lowrank(W, row_weights, rank, scaling, eps=EPS, randomized=False, niter=4):
     """(B, A) with s·BA = diag(1/(w+ε)) U_r S_r V_rᵀ, the best rank-r approximation of W in the
-    row-weighted Frobenius norm (exact when ε = 0). W: (out, in), row_weights: (out,). The SVD runs
-    in float32 (float64 if W is float64); randomized uses torch.svd_lowrank, as the authors' code."""
-    out_f, in_f = W.shape
-    if not 0 < rank <= min(out_f, in_f):
-        raise ValueError(f"rank must be in [1, {min(out_f, in_f)}] for a {out_f}x{in_f} weight, got {rank}")
+    row-weighted Frobenius norm (exact when ε = 0). W: (out, in), row_weights: (out,), non-negative.
+    The SVD runs in float32 (float64 if W is float64); randomized uses torch.svd_lowrank, as the
+    authors' code."""
     dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
     W, w = W.to(dtype), row_weights.to(W.device, dtype)
-    if not torch.isfinite(w).all() or (w < 0).any():
-        raise ValueError("row weights must be finite and non-negative")
-    if not (w > 0).any():
-        raise ValueError("all row weights are zero: nothing to choose the directions by")
-    M = w[:, None] * W  # diag(w) W
+    M = w[:, None] * W  # diag(w) W: (out, in)
     if randomized:
         U, S, V = torch.svd_lowrank(M, q=rank, niter=niter)
         Vh = V.T
@@ -86,36 +77,36 @@ def weighted_lowrank(W, row_weights, rank, scaling, eps=EPS, randomized=False, n
 
 
 def row_importance(f_forget, f_retain, eps=EPS):
-    """w_i = sqrt(Σ_j F_f[i, j] / (F_r[i, j] + ε)): (out,). Errors on NaN/Inf and negative Fisher."""
+    """w_i = sqrt(Σ_j F_f[i, j] / (F_r[i, j] + ε)): (out,). The one place the Fisher is checked:
+    NaN/Inf or negative entries, and a forget Fisher that is zero (no gradient reached the layer,
+    so there is nothing to choose the directions by), are errors."""
     for name, f in (("forget", f_forget), ("retain", f_retain)):
         if not torch.isfinite(f).all():
             raise ValueError(f"the {name} Fisher has NaN or Inf entries (did the loss overflow?)")
         if (f < 0).any():
             raise ValueError(f"the {name} Fisher has negative entries: it must be a mean of squares")
+    if not (f_forget > 0).any():
+        raise ValueError("the forget Fisher is zero: no gradient reached this layer")
     return (f_forget / (f_retain + eps)).sum(1).sqrt()
 
 
 @torch.no_grad()
 def init_adapters(model, method, fisher_forget=None, fisher_retain=None, randomized=False):
-    """Initialise every LoRALinear in place: 'lora' (keep A Kaiming, B = 0), 'pissa' or 'fila'.
-    Returns {layer: row weights} for fila (for inspection), else {}."""
-    if method not in ("lora", "pissa", "fila"):
-        raise ValueError(f"unknown adapter init {method!r}: lora, pissa or fila")
+    """Initialise every LoRALinear in place from its original weight W: 'pissa' (the top-r singular
+    directions of W) or 'fila' (of diag(w) W, w the Fisher row weights). Returns {layer: w} for fila
+    (for inspection), else {}. Default LoRA needs no call: LoRALinear starts at B = 0."""
+    if method not in ("pissa", "fila"):
+        raise ValueError(f"unknown adapter init {method!r}: pissa or fila")
     weights = {}
     for name, m in lora_layers(model).items():
-        if method == "lora":
-            continue
         W = m.original_weight()
         if method == "pissa":
-            B, A = weighted_lowrank(W, torch.ones(W.shape[0], device=W.device), m.rank, m.scaling, eps=0.0,
-                                    randomized=randomized)
+            w, eps = torch.ones(W.shape[0], device=W.device), 0.0
         else:
-            if fisher_forget is None or fisher_retain is None or name not in fisher_forget or name not in fisher_retain:
+            if name not in (fisher_forget or {}) or name not in (fisher_retain or {}):
                 raise ValueError(f"FILA needs the forget and retain Fisher of {name}")
-            w = row_importance(fisher_forget[name], fisher_retain[name])
-            if not (w > 0).any():
-                raise ValueError(f"the forget Fisher of {name} is zero: no gradient reached this layer")
-            weights[name] = w
-            B, A = weighted_lowrank(W, w, m.rank, m.scaling, randomized=randomized)
+            w = weights[name] = row_importance(fisher_forget[name], fisher_retain[name])
+            eps = EPS
+        B, A = weighted_lowrank(W, w, m.rank, m.scaling, eps=eps, randomized=randomized)
         m.init_residual(B.to(W.dtype), A.to(W.dtype))
     return weights

@@ -5,7 +5,8 @@
 Default init (loralib): A ~ Kaiming-uniform(a=√5), B = 0, so the model is unchanged at step 0.
 PiSSA and FILA (fisher.py) instead start B A at a chosen rank-r piece of W and subtract it from the
 frozen weight (W ← W − s·B₀A₀), which also leaves the model unchanged; init_residual does that and
-remembers B₀, A₀ so that the adapter can be saved, loaded onto the original weights and merged.
+remembers B₀, A₀ so that the adapter can be saved and loaded onto the original weights.
+merged_copy folds the adapters into plain Linear layers (W + s·BA) for export.
 
 Fused q/k/v: model.py keeps q, k and v as three Linear layers, so each gets its own adapter, as in the
 paper (three rank-r adapters, not one rank-r adapter shared by a fused (3C, C) weight).
@@ -16,9 +17,9 @@ import math
 import torch
 import torch.nn as nn
 
-# Short names for the Linear layers of a block (model.py), the targets the paper adapts.
-TARGETS = {"q": "attn.c_q", "k": "attn.c_k", "v": "attn.c_v", "o": "attn.c_proj",
-           "up": "mlp.c_fc", "down": "mlp.c_proj"}
+# Short names for the Linear layers of a block (model.py): the ones the paper adapts.
+LAYERS = {"q": "attn.c_q", "k": "attn.c_k", "v": "attn.c_v", "o": "attn.c_proj",
+          "up": "mlp.c_fc", "down": "mlp.c_proj"}
 
 
 class LoRALinear(nn.Module):
@@ -35,36 +36,18 @@ class LoRALinear(nn.Module):
         self.A = nn.Parameter(torch.empty(rank, in_f, dtype=w.dtype, device=w.device))
         self.B = nn.Parameter(torch.zeros(out_f, rank, dtype=w.dtype, device=w.device))
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
-        self.merged = False
         self.register_buffer("A0", None)  # set by init_residual: the piece of W that moved into B A
         self.register_buffer("B0", None)
 
     def forward(self, x):
-        y = self.base(x)
-        if not self.merged:  # once merged, W already holds s·BA
-            y = y + self.scaling * (x @ self.A.T) @ self.B.T  # (.., in) -> (.., r) -> (.., out)
-        return y
+        return self.base(x) + self.scaling * (x @ self.A.T) @ self.B.T  # (.., in) -> (.., r) -> (.., out)
 
     def delta(self):
         return self.scaling * self.B @ self.A  # s·BA: (out, in)
 
     @torch.no_grad()
-    def merge(self):
-        """W ← W + s·BA. Explicit, never a side effect of train()/eval()."""
-        if not self.merged:
-            self.base.weight += self.delta()
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self):
-        if self.merged:
-            self.base.weight -= self.delta()
-            self.merged = False
-
-    @torch.no_grad()
     def original_weight(self):
         """The W this layer was built with: the frozen weight plus what a residual init took out."""
-        assert not self.merged, "unmerge first"
         return self.base.weight if self.B0 is None else self.base.weight + self.scaling * self.B0 @ self.A0
 
     @torch.no_grad()
@@ -78,23 +61,23 @@ class LoRALinear(nn.Module):
         self.base.weight -= self.delta()
 
     def extra_repr(self):
-        return f"rank={self.rank}, alpha={self.alpha}, merged={self.merged}"
+        return f"rank={self.rank}, alpha={self.alpha}"
 
 
-def add_lora(model, rank, alpha, targets=tuple(TARGETS)):
-    """Wrap the target Linear layers of every block with LoRALinear and freeze everything else.
-    Never the embedding or the tied output head. Returns {module name: LoRALinear}."""
-    if unknown := set(targets) - set(TARGETS):
-        raise ValueError(f"unknown LoRA targets {sorted(unknown)}; choose from {list(TARGETS)}")
+def add_lora(model, rank, alpha, layers=tuple(LAYERS)):
+    """Wrap the named Linear layers (LAYERS' short names) of every block with LoRALinear and freeze
+    everything else. Never the embedding or the tied output head. Returns {module name: LoRALinear}."""
+    if unknown := set(layers) - set(LAYERS):
+        raise ValueError(f"unknown LoRA layers {sorted(unknown)}; choose from {list(LAYERS)}")
     model.requires_grad_(False)
     wrapped = {}
     for i, block in enumerate(model.transformer.h):
-        for t in targets:
-            parent_name, attr = TARGETS[t].split(".")
+        for short in layers:
+            parent_name, attr = LAYERS[short].split(".")
             parent = getattr(block, parent_name)
             lora = LoRALinear(getattr(parent, attr), rank, alpha)
             setattr(parent, attr, lora)
-            wrapped[f"transformer.h.{i}.{TARGETS[t]}"] = lora
+            wrapped[f"transformer.h.{i}.{LAYERS[short]}"] = lora
     return wrapped
 
 
@@ -115,7 +98,7 @@ def load_lora_state_dict(model, sd):
     layers = lora_layers(model)
     expected = {f"{n}.{k}" for n in layers for k in ("A", "B")}
     if missing := expected - set(sd):
-        raise ValueError(f"adapter file lacks {sorted(missing)[:3]}: saved with other targets or layers?")
+        raise ValueError(f"adapter file lacks {sorted(missing)[:3]}: saved with other layers adapted?")
     if extra := {k for k in sd if k.rsplit(".", 1)[0] not in layers}:
         raise ValueError(f"adapter file has unexpected entries {sorted(extra)[:3]}")
     for name, m in layers.items():
@@ -129,13 +112,14 @@ def load_lora_state_dict(model, sd):
 
 @torch.no_grad()
 def merged_copy(model):
-    """A plain GPT (no LoRALinear left) whose weights are W + s·BA: for export or evaluation."""
+    """A plain GPT (no LoRALinear left) whose adapted weights are W + s·BA: for export or for
+    fine-tuning further (relearn.py). The model itself is left as it is; so is every requires_grad."""
     out = copy.deepcopy(model)
     for name, m in lora_layers(out).items():
         parent_name, attr = name.rsplit(".", 1)
-        m.merge()
+        m.base.weight += m.delta()
         setattr(out.get_submodule(parent_name), attr, m.base)
-    return out.requires_grad_(True)
+    return out
 
 
 def count_trainable(model):

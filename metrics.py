@@ -12,6 +12,8 @@
 Every function takes token ids (data.Encoded). Answers end in <|endoftext|>, which counts as an
 answer token: a model must also know to stop.
 """
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -19,9 +21,16 @@ import data
 from model import token_nll
 
 
+class Score(NamedTuple):
+    """A model on one example (tokens, is_target), teacher-forced."""
+    nll: float       # mean NLL of the target tokens
+    exact: bool      # every target token is the argmax: greedy decoding reproduces them
+    accuracy: float  # the share of target tokens that are the argmax
+
+
 @torch.no_grad()
-def _score(model, examples, batch_size, device):
-    """Per example: (mean target NLL, all targets are the argmax, share of targets that are)."""
+def score_examples(model, examples, batch_size=64, device="cpu"):
+    """[(tokens, is_target)] -> [Score], one per example."""
     out = []
     for chunk in data.batches(examples, batch_size):
         x, y = data.collate(chunk, device)
@@ -29,41 +38,46 @@ def _score(model, examples, batch_size, device):
         nll, mask = token_nll(logits, y)
         hit = (logits.argmax(-1) == y) & mask
         n = mask.sum(1)
-        out += zip((nll.sum(1) / n).tolist(), (hit.sum(1) == n).tolist(), (hit.sum(1) / n).tolist())
+        out += map(Score, (nll.sum(1) / n).tolist(), (hit.sum(1) == n).tolist(), (hit.sum(1) / n).tolist())
     return out
+
+
+def whole(texts):
+    """Texts as examples scored on every token."""
+    return [(t, [True] * len(t)) for t in texts]
 
 
 def memorization_accuracy(model, texts, batch_size=64, device="cpu"):
     """MA per text (token lists): teacher-forced greedy accuracy over its tokens."""
-    return [s[2] for s in _score(model, [(t, [True] * len(t)) for t in texts], batch_size, device)]
+    return [s.accuracy for s in score_examples(model, whole(texts), batch_size, device)]
 
 
 def text_nll(model, texts, batch_size=64, device="cpu"):
     """Mean token NLL per text (token lists): the loss a membership-inference attack looks at."""
-    return [s[0] for s in _score(model, [(t, [True] * len(t)) for t in texts], batch_size, device)]
+    return [s.nll for s in score_examples(model, whole(texts), batch_size, device)]
 
 
 def exact_matches(model, qa, device="cpu"):
     """Per question: 1 if the greedy answer is exactly the trained one, else 0 (wrong answers unscored)."""
-    return [float(s[0][1]) for s in answer_scores(model, [(p, answers[:1]) for p, answers in qa], device=device)]
+    return [float(s[0].exact) for s in answer_scores(model, [(p, answers[:1]) for p, answers in qa], device=device)]
 
 
 def answer_scores(model, qa, batch_size=128, device="cpu"):
-    """qa: [(prompt tokens, [answer tokens, *alternatives])] -> per question, the list of
-    (mean answer NLL, exact match) for the answer and each alternative."""
+    """qa: [(prompt tokens, [answer tokens, *alternatives])] -> per question, a [Score] for the answer
+    and each alternative."""
     examples = [(p + a, [False] * len(p) + [True] * len(a)) for p, answers in qa for a in answers]
-    scores = iter(_score(model, examples, batch_size, device))
-    return [[next(scores)[:2] for _ in answers] for _, answers in qa]
+    it = iter(score_examples(model, examples, batch_size, device))
+    return [[next(it) for _ in answers] for _, answers in qa]
 
 
-def truth_ratios(scores):
+def truth_ratios(per_question):
     """Per question R = exp(L(true) − mean_k L(wrong_k)), L the mean token NLL of an answer (TOFU):
     the geometric mean of the wrong answers' per-token probabilities over the true one's. R ≪ 1: the
-    model knows the fact; R ≈ 1: it cannot tell the truth from the perturbations. None without
-    wrong answers."""
-    if not scores or min(map(len, scores)) < 2:  # every question needs at least one wrong answer
+    model knows the fact; R ≈ 1: it cannot tell the truth from the perturbations.
+    per_question: answer_scores' output, the true answer first. None without wrong answers."""
+    if not per_question or min(map(len, per_question)) < 2:  # every question needs a wrong answer
         return None
-    return np.array([np.exp(s[0][0] - np.mean([nll for nll, _ in s[1:]])) for s in scores])
+    return np.array([np.exp(true.nll - np.mean([w.nll for w in wrong])) for true, *wrong in per_question])
 
 
 def truth_ratio_summary(R, forget_like):
@@ -82,8 +96,8 @@ def qa_metrics(model, qa, paraphrased=(), forget_like=False, device="cpu"):
     verbatim = answer_scores(model, qa, device=device)
     R_verbatim = truth_ratios(verbatim)
     R = truth_ratios(answer_scores(model, paraphrased, device=device)) if paraphrased else None
-    report = dict(qa_prob=float(np.mean([np.exp(-s[0][0]) for s in verbatim])),
-                  qa_acc=float(np.mean([s[0][1] for s in verbatim])),
+    report = dict(qa_prob=float(np.mean([np.exp(-s[0].nll) for s in verbatim])),
+                  qa_acc=float(np.mean([s[0].exact for s in verbatim])),
                   truth_ratio=truth_ratio_summary(R, forget_like),
                   truth_ratio_verbatim=truth_ratio_summary(R_verbatim, forget_like))
     return report, (R if R is not None else R_verbatim)
@@ -159,8 +173,6 @@ def split_report(model, split, el_n=None, device="cpu", forget_like=False):
     """Everything about one data.Encoded split: QA (qa_prob, qa_acc, truth_ratio, truth_ratio_verbatim)
     if it has questions, mean MA over its texts if it has texts, and mean EL_n when el_n is given
     (the costly one). Returns (report, per-question truth ratios R or None)."""
-    was_training = model.training
-    model.eval()
     report, ratios = {}, None
     if split.qa:
         qa, ratios = qa_metrics(model, split.qa, split.paraphrased, forget_like, device)
@@ -170,7 +182,6 @@ def split_report(model, split, el_n=None, device="cpu", forget_like=False):
         el = mean_extraction_likelihood(model, split.texts, el_n, device) if el_n else None
         if el is not None:
             report[f"el{el_n}"] = el
-    model.train(was_training)
     return report, ratios
 
 
@@ -211,8 +222,6 @@ def privacy_leakage(auc, auc_oracle):
 def greedy_answers(model, prompts, eot, max_new=24, device="cpu"):
     """The greedy answer (token list, up to and including <|endoftext|>) to each token prompt. Prompts
     of equal length are generated together, so no padding is needed."""
-    was_training = model.training
-    model.eval()
     out = [None] * len(prompts)
     by_length = {}
     for i, p in enumerate(prompts):
@@ -222,7 +231,6 @@ def greedy_answers(model, prompts, eot, max_new=24, device="cpu"):
         gen = model.generate(x, min(max_new, model.config.block_size - n), temperature=0)[:, n:].tolist()
         for i, g in zip(idx, gen):
             out[i] = g[:g.index(eot) + 1] if eot in g else g
-    model.train(was_training)
     return out
 
 
@@ -232,7 +240,7 @@ def fluency(judge, prompts, answers, device="cpu"):
     were born in ...") costs many nats per token; a fluent answer with a wrong value costs about what
     the true one does."""
     examples = [(p + a, [False] * len(p) + [True] * len(a)) for p, a in zip(prompts, answers) if a]
-    nll = [s[0] for s in _score(judge, examples, 128, device)]
+    nll = [s.nll for s in score_examples(judge, examples, 128, device)]
     return float(np.mean(nll)), float(np.std(nll))
 
 

@@ -4,12 +4,10 @@
   pass need them all, not only the last.
 - token_nll is the one place where the per-token loss is computed; ignored labels (-100) never count.
 - q, k and v are three Linear layers (GPT-2 stores them fused as c_attn): LoRA then adapts each one,
-  as the paper does (METHOD §2). from_pretrained splits Hugging Face's fused weight.
+  as the paper does (METHOD §2). hf.py reads and writes Hugging Face GPT-2 folders.
 - No dropout: memorising facts and removing them both want a deterministic network.
 """
-import json
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +25,13 @@ class GPTConfig:  # defaults: the built-in model (GPT-2 small is 1024, 50257, 12
     n_head: int = 8         # attention heads; n_embd must divide by it
     n_embd: int = 256       # width of the residual stream
     ln_eps: float = 1e-5    # LayerNorm epsilon, as GPT-2
+
+
+def causal_mask(T, S, device):
+    """(T, S) bool, True where a query may look: the T new tokens sit at positions S − T .. S − 1 of
+    the S keys, so query i sees keys 0 .. S − T + i. Only T > 1 tokens after a filled cache need it:
+    without a cache (S == T) it is is_causal's triangle, and one new token (T == 1) sees every key."""
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
 
 
 class CausalSelfAttention(nn.Module):
@@ -47,8 +52,9 @@ class CausalSelfAttention(nn.Module):
             if "k" in cache:
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
-        # A prompt (T > 1, empty cache) is masked causally; one new token sees every cached key.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        S = k.size(2)  # keys: S − T cached ones, then these T
+        mask = causal_mask(T, S, x.device) if S > T > 1 else None  # T new tokens after a filled cache
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=S == T > 1)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: (B, T, C)
         return self.c_proj(y)
 
@@ -139,39 +145,6 @@ class GPT(nn.Module):
                     cache = None
         return idx
 
-    @classmethod
-    def from_pretrained(cls, path):
-        """Load a Hugging Face GPT-2 checkpoint from a local folder (config.json and model.safetensors
-        or pytorch_model.bin). A hub name such as 'gpt2' is downloaded only if huggingface_hub is
-        installed and the network answers."""
-        path = _resolve_checkpoint(path)
-        with open(os.path.join(path, "config.json")) as f:
-            hf = json.load(f)
-        if missing := [k for k in ("n_positions", "vocab_size", "n_layer", "n_head", "n_embd") if k not in hf]:
-            raise ValueError(f"{path}/config.json lacks {', '.join(missing)}: not a GPT-2 config")
-        allowed = {"activation_function": ("gelu_new",), "n_inner": (None, 4 * hf["n_embd"]),
-                   "scale_attn_by_inverse_layer_idx": (False,), "reorder_and_upcast_attn": (False,)}
-        for key, ok in allowed.items():
-            if hf.get(key, ok[0]) not in ok:
-                raise ValueError(f"{path}: unsupported GPT-2 variant, {key}={hf[key]!r} (supported: {ok})")
-        cfg = GPTConfig(block_size=hf["n_positions"], vocab_size=hf["vocab_size"], n_layer=hf["n_layer"],
-                        n_head=hf["n_head"], n_embd=hf["n_embd"], ln_eps=hf.get("layer_norm_epsilon", 1e-5))
-        model = cls(cfg)
-        model.load_state_dict(hf_to_ours(_read_weights(path), cfg))
-        model.hf_config, model.hf_folder = hf, path  # for saving back in the same layout, and the tokenizer
-        return model
-
-    def hf_files(self, hf_config=None):
-        """{file name: bytes} of a Hugging Face GPT-2 folder (config.json, model.safetensors). hf_config:
-        the config.json this model was loaded from, kept as it was (else a plain GPT-2 config)."""
-        from safetensors.torch import save
-        c = self.config
-        cfg = dict(hf_config or dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], activation_function="gelu_new",
-                                     n_inner=None, tie_word_embeddings=True),
-                   n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, vocab_size=c.vocab_size,
-                   n_positions=c.block_size, layer_norm_epsilon=c.ln_eps)
-        return {"config.json": json.dumps(cfg, indent=2).encode(), "model.safetensors": save(ours_to_hf(self))}
-
 
 def at_least_float32(x):
     """Half-precision logits (bf16 autocast) are upcast for the softmax; float32 and float64 stay."""
@@ -192,82 +165,3 @@ def lm_loss(logits, targets):
     """Mean token NLL over target tokens: the usual language-modelling loss."""
     nll, mask = token_nll(logits, targets)
     return nll.sum() / mask.sum().clamp(min=1)
-
-
-# ----------------------------------------------------------------------------- Hugging Face GPT-2 files
-HF_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers some GPT-2 files carry; not weights
-
-
-def hf_to_ours(sd, cfg):
-    """Hugging Face GPT-2 state dict -> ours. Conv1D stores weights as (in, out): transpose to
-    nn.Linear's (out, in); split the fused c_attn into q, k, v. Missing or extra keys are named."""
-    sd = {k.removeprefix("transformer."): v for k, v in sd.items() if not k.endswith(HF_BUFFERS)}
-    if "lm_head.weight" in sd and "wte.weight" in sd and not torch.equal(sd.pop("lm_head.weight"), sd["wte.weight"]):
-        raise ValueError("checkpoint has an untied lm_head.weight; GPT-2 ties it to wte.weight")
-    out, used = {}, set()
-
-    def take(key):
-        if key not in sd:
-            raise ValueError(f"checkpoint is missing {key!r}")
-        used.add(key)
-        return sd[key]
-
-    for k in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias"):
-        out[f"transformer.{k}"] = take(k)
-    for i in range(cfg.n_layer):
-        h, o = f"h.{i}.", f"transformer.h.{i}."
-        for ln in ("ln_1", "ln_2"):
-            out[o + ln + ".weight"], out[o + ln + ".bias"] = take(h + ln + ".weight"), take(h + ln + ".bias")
-        w, b = take(h + "attn.c_attn.weight").t(), take(h + "attn.c_attn.bias")  # (3C, C), (3C,)
-        for name, wi, bi in zip(("c_q", "c_k", "c_v"), w.chunk(3, 0), b.chunk(3, 0)):
-            out[o + f"attn.{name}.weight"], out[o + f"attn.{name}.bias"] = wi, bi
-        for m in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
-            out[o + m + ".weight"], out[o + m + ".bias"] = take(h + m + ".weight").t(), take(h + m + ".bias")
-    if extra := sorted(set(sd) - used):
-        raise ValueError(f"checkpoint has unexpected keys: {', '.join(extra[:5])}")
-    out["lm_head.weight"] = out["transformer.wte.weight"]
-    return {k: v.float().contiguous() for k, v in out.items()}
-
-
-def ours_to_hf(model):
-    """The inverse of hf_to_ours: Hugging Face GPT-2 keys, q/k/v fused into c_attn, Conv1D (in, out)
-    weights; no lm_head (tied to wte, as GPT-2 saves it)."""
-    sd, cfg = model.state_dict(), model.config
-    out = {f"transformer.{k}": sd[f"transformer.{k}"] for k in ("wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias")}
-    for i in range(cfg.n_layer):
-        h = f"transformer.h.{i}."  # the same prefix in both layouts
-        for ln in ("ln_1.weight", "ln_1.bias", "ln_2.weight", "ln_2.bias"):
-            out[h + ln] = sd[h + ln]
-        out[h + "attn.c_attn.weight"] = torch.cat([sd[h + f"attn.{n}.weight"] for n in ("c_q", "c_k", "c_v")]).t()
-        out[h + "attn.c_attn.bias"] = torch.cat([sd[h + f"attn.{n}.bias"] for n in ("c_q", "c_k", "c_v")])
-        for m in ("attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
-            out[h + m + ".weight"], out[h + m + ".bias"] = sd[h + m + ".weight"].t(), sd[h + m + ".bias"]
-    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
-
-
-def _read_weights(path):
-    st, pt = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
-    if os.path.exists(st):
-        from safetensors.torch import load_file
-        return load_file(st)
-    if os.path.exists(pt):
-        return torch.load(pt, map_location="cpu", weights_only=True)
-    raise FileNotFoundError(f"{path}: no model.safetensors or pytorch_model.bin")
-
-
-def _resolve_checkpoint(path):
-    """A local folder as it is; otherwise try to download a hub name (e.g. 'gpt2')."""
-    if os.path.isdir(path):
-        if not os.path.exists(os.path.join(path, "config.json")):
-            raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face GPT-2 folder)")
-        return path
-    hint = (f"put config.json, model.safetensors and vocab.json from https://huggingface.co/{path} "
-            f"into a folder and pass its path")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise FileNotFoundError(f"{path!r} is not a folder and huggingface_hub is not installed: {hint}") from None
-    try:
-        return snapshot_download(path, allow_patterns=["config.json", "model.safetensors", "vocab.json"])
-    except Exception as e:
-        raise FileNotFoundError(f"could not download {path!r} ({type(e).__name__}): {hint}") from None

@@ -24,6 +24,7 @@ import lora
 import metrics
 import tasks
 import train
+from data import UserError
 from model import lm_loss
 
 
@@ -31,10 +32,10 @@ def unlearned_model(run_dir, device="cpu"):
     """The base model of the run's world with the run's adapter (or full weights) loaded -> (model, oracle, ckpt)."""
     path = os.path.join(run_dir, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{run_dir} has no config.json: give a folder written by unlearn.py")
+        raise UserError(f"{run_dir} has no config.json: give a folder written by unlearn.py")
     cfg = json.load(open(path))
     if cfg.get("forget_file"):
-        raise ValueError("relearn.py measures runs on the built-in corpus (it needs the forget people's halves)")
+        raise UserError("relearn.py measures runs on the built-in corpus (it needs the forget people's halves)")
     world = tasks.world_dir(cfg["base_dir"], cfg.get("corpus_seed", 0))
     model, oracle, ckpt = tasks.load_base_and_oracle(world, device, print, dataclasses.replace(
         train.TrainConfig(), corpus_seed=cfg.get("corpus_seed", 0)))
@@ -73,7 +74,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     try:
         model, oracle, ckpt = unlearned_model(a.run)
-    except (ValueError, FileNotFoundError) as e:
+    except UserError as e:
         sys.exit(f"error: {e}")
     enc = data.get_tokenizer(ckpt["tokenizer"])
     c = corpus.make_corpus(**ckpt["corpus"])

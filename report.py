@@ -5,7 +5,7 @@
                 no wall-clock times, so two runs with the same seed give identical bytes
   timing.json   the wall-clock times (total, at each evaluation, and in training steps alone)
   adapter.pt    the LoRA weights only (model.pt, the whole model, for full fine-tuning)
-  state.pt      everything --resume needs (written at every evaluation): weights, optimizer, random state, position
+  state.pt      everything --resume needs (written at every evaluation): weights, optimizer, position, history
   plot.png      forget vs retain over the steps
 Every file is written to a temporary name and renamed (data.atomic_write): a killed run leaves each
 file either complete or absent, never half-written.
@@ -14,14 +14,19 @@ import glob
 import io
 import json
 import os
+import pickle
 import platform
+import zipfile
+from dataclasses import asdict
 
 import numpy as np
 import tiktoken
 import torch
 
 import data
+import hf
 import lora
+from data import UserError
 
 TIMING_KEYS = ("seconds", "eval_seconds", "step_seconds")  # to timing.json, not metrics.json
 
@@ -40,8 +45,11 @@ def json_bytes(obj):
     return json.dumps(obj, indent=1).encode()
 
 
-def save_state(out, state):
-    data.atomic_write(os.path.join(out, "state.pt"), torch_bytes(state))
+def save_state(cfg, fixed, state, model, optimizer):
+    """state.pt: everything --resume needs to continue exactly where the run is (unlearn.run)."""
+    data.atomic_write(os.path.join(cfg.out, "state.pt"), torch_bytes(dict(
+        config=asdict(cfg), fixed=fixed, state=state, optimizer=optimizer.state_dict(),
+        weights=trainable_state(model, cfg.adapter))))
 
 
 def check_writable(folder):
@@ -55,17 +63,20 @@ def check_writable(folder):
         open(probe, "w").close()
         os.remove(probe)
     except OSError as e:
-        raise ValueError(f"cannot write to --out {folder} ({e.strerror}); choose another folder with --out") from None
+        raise UserError(f"cannot write to --out {folder} ({e.strerror}); choose another folder with --out") from None
 
 
 def load_resume(folder):
     path = os.path.join(folder, "state.pt")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"--resume {folder}: no state.pt there (it is written at every evaluation)")
+        raise UserError(f"--resume {folder}: no state.pt there (it is written at every evaluation)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"--resume {folder}: state.pt is unreadable ({type(e).__name__})") from None
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        raise UserError(f"--resume {folder}: state.pt is unreadable ({type(e).__name__})") from None
+    if not isinstance(saved, dict) or {"config", "fixed", "state", "optimizer", "weights"} - set(saved):
+        raise UserError(f"--resume {folder}: state.pt is from another version of unlearn.py; start the run again")
+    return saved
 
 
 def save_run(model, results):
@@ -86,7 +97,7 @@ def save_merged(model, folder):
     """The unlearned model, adapters merged in, as a Hugging Face GPT-2 folder: the config it was
     loaded from (if any) and model.safetensors; the tokenizer files are copied along when known."""
     src = getattr(model, "hf_folder", None)
-    for name, blob in lora.merged_copy(model).hf_files(getattr(model, "hf_config", None)).items():
+    for name, blob in hf.files(lora.merged_copy(model), getattr(model, "hf_config", None)).items():
         data.atomic_write(os.path.join(folder, name), blob)
     for name in ("vocab.json", "merges.txt"):
         if src and os.path.exists(os.path.join(src, name)):
@@ -105,7 +116,7 @@ def plot(results):
                               ("QA accuracy", "MA (biographies)", f"EL{n} (biographies)")):
         for split, style in (("forget", "r-o"), ("retain", "b-o"), ("general", "g-o"), ("holdout", "k:")):
             points = [(r["step"], r[split][key]) for r in h if r.get(split, {}).get(key) is not None]
-            if points:  # EL_n is measured only where the rule needs it (unlearn.evaluate)
+            if points:  # EL_n is measured only where the rule needs it (evaluation.evaluate)
                 ax.plot(*zip(*points), style, ms=3, label=split)
         t = results["thresholds"]
         thr = t and {"ma": t["ma"], f"el{n}": t["el"]}.get(key)
@@ -123,6 +134,12 @@ def plot(results):
     return buf.getvalue()
 
 
+def progress(h, el, seconds, left=None):
+    """The line an evaluation prints: where the run is (h, its history entry), the loss and brief()."""
+    return f"epoch {h['epoch']:2g} step {h['step']:3d}  loss {h['loss']:7.3f}  {brief(h, el)}  {seconds:.0f}s" + \
+        ("" if left is None else f" (at most {left:.0f}s more)")
+
+
 def brief(scores, el):
     """One evaluation in a few numbers: forget QA / MA / EL_n, retain and general QA, fluency."""
     f, r = scores["forget"], scores.get("retain", {})
@@ -136,7 +153,7 @@ def brief(scores, el):
 
 
 def checks(results):
-    """The default run's targets, each (what, met, the numbers): the stopping rule met; forget QA
+    """The default run's goals, each (what, met, the numbers): the stopping rule met; forget QA
     within 10 points of the holdout people's (what a model that never saw them scores); retain and
     general QA at >= 95% of their start; the forget answers as fluent as the starting model's (mean
     NLL under the oracle within one standard deviation of the start's)."""
@@ -159,7 +176,7 @@ def checks(results):
 
 def summary(results):
     """The before/after table (and the oracle, exact unlearning, beside it), the stopping rule, the
-    targets, and the generations, as text."""
+    goals, and the generations, as text."""
     first, last, n = results["history"][0], results["history"][-1], results["config"]["el_n"]
     oracle = results.get("oracle_forget") or {}
     names = {"qa_acc": "QA accuracy", "ma": "MA", f"el{n}": f"EL{n}", "truth_ratio": "truth ratio",
@@ -184,7 +201,7 @@ def summary(results):
     lines.append(f"stopping rule: {rule}; {results['outcome']}; {results['steps']} steps, {results['seconds']:.0f}s")
     if results["config"].get("forget_file") is None:
         c = checks(results)
-        lines.append(f"targets: {sum(ok for _, ok, _ in c)} of {len(c)} met: " +
+        lines.append(f"goals: {sum(ok for _, ok, _ in c)} of {len(c)} met: " +
                      "; ".join(f"{what} {'yes' if ok else 'NO'} ({detail})" for what, ok, detail in c))
     for g in results["generations"]:
         lines.append(f"{g['prompt']!r}\n   before: {g['before']}\n   after:  {g['after']}")

@@ -13,7 +13,7 @@
    on first use into out/world<seed>/). Every run is compared at equal forgetting: its metrics at
    the first evaluation that met the stopping rule; runs that never met it are reported at their
    end, and counted as such.
-Also per world: does the oracle meet the stopping rule (it must), and the default run's targets.
+Also per world: does the oracle meet the stopping rule (it must), and the default run's goals.
 Writes results/sweep.json, grid.json, protocol.md and grid.png; every run's row in results/full/runs/,
 which later invocations read instead of rerunning (delete that folder after changing the code).
 Every run evaluates every EVAL_EVERY steps, the default run here included.
@@ -27,6 +27,7 @@ import numpy as np
 
 import bench
 import data
+import evaluation
 import report
 import unlearn
 
@@ -115,18 +116,18 @@ def oracle_table(rows):
         r = next(r for r in rows if r["world"] == w)
         t, o = r["thresholds"], r["oracle"]
         lines.append(f"| {w} | {t['ma']:.3f} / {o['ma']:.3f} | {t['el']:.3f} / {o['el4']:.3f} | "
-                     f"{t['qa']:.3f} / {o['qa_acc']:.3f} | {'yes' if unlearn.rule_met(o, t, 'el4') else 'NO'} |")
+                     f"{t['qa']:.3f} / {o['qa_acc']:.3f} | {'yes' if evaluation.rule_met(o, t, 'el4') else 'NO'} |")
     return "\n".join(lines)
 
 
 def checks_table(rows):
-    """The default run's targets (report.checks) on every world."""
+    """The default run's goals (report.checks) on every world."""
     names = [c[0] for c in rows[0]["checks"]]
     lines = ["| world | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for r in sorted(rows, key=lambda r: r["world"]):
         lines.append(f"| {r['world']} | " + " | ".join(f"{'yes' if ok else 'NO'} ({d})" for _, ok, d in r["checks"]) + " |")
     met = sum(all(ok for _, ok, _ in r["checks"]) for r in rows)
-    return "\n".join(lines) + f"\n\nAll targets met on {met} of {len(rows)} worlds."
+    return "\n".join(lines) + f"\n\nAll goals met on {met} of {len(rows)} worlds."
 
 
 def figure(rows, path):

@@ -1,19 +1,45 @@
-"""The machinery around the unlearning loop, kept out of unlearn.py so that the algorithm reads
-top to bottom there: one update (data-parallel shards, bf16 autocast, the non-finite guard),
-Ctrl-C handling, and `Progress`, the run's position, which is all that --resume needs besides the
-weights and the optimizer (state.pt, written after every evaluation and whenever a run stops).
+"""The machinery around the unlearning loop, kept out of unlearn.py so that the algorithm reads top
+to bottom there: the batch schedule, one optimizer update with its non-finite guard, bf16 autocast,
+Ctrl-C, the evaluation schedule and the run's saved state (state.pt, which --resume continues).
 """
 import contextlib
-import math
+import random
 import signal
 import threading
 import time
 
 import torch
 
-import data
 import ddp
-from model import lm_loss
+
+
+def schedule(seed, n_forget, n_retain, batch_size, epochs):
+    """Every step's (forget indices, retain indices), drawn up front from one random.Random(seed):
+    each epoch a fresh shuffle of the forget set cut into batches, each batch paired with a random
+    sample of as many retain examples. A step's batches depend on the seed and the step alone, so a
+    resumed run goes on with exactly the batches an uninterrupted one would have had."""
+    rng, steps = random.Random(seed), []
+    for _ in range(epochs):
+        order = list(range(n_forget))
+        rng.shuffle(order)
+        for i in range(0, n_forget, batch_size):
+            batch = order[i:i + batch_size]
+            steps.append((batch, rng.sample(range(n_retain), min(len(batch), n_retain))))
+    return steps
+
+
+def epochs_done(step, n_forget, batch_size):
+    """Passes over the forget set after `step` steps: 2 after two epochs, 2.3077 three steps later."""
+    per_epoch = -(-n_forget // batch_size)
+    e = step // per_epoch + (step % per_epoch) * batch_size / n_forget
+    return int(e) if e == int(e) else round(e, 4)
+
+
+def evaluation_due(step, cfg, n_forget, total_steps):
+    """Every cfg.eval_every steps and at the last one; without it, at the end of every epoch."""
+    if cfg.eval_every:
+        return step % cfg.eval_every == 0 or step == total_steps
+    return step % -(-n_forget // cfg.batch_size) == 0
 
 
 def autocast(device):
@@ -24,27 +50,17 @@ def autocast(device):
     return contextlib.nullcontext()
 
 
-def train_step(model, unlearning_term, opt, params, forget_batch, retain_batch, cfg):
-    """One update: unlearning_term(model, x, y) on the forget batch + λ·NLL on the paired retain
-    batch. Under torchrun each rank takes its shard of both, weighted by its share (ddp.py).
-    Returns (loss, None), or (loss, 'loss' | 'gradient') without updating if that is not finite."""
-    fb, rb = ddp.shard(forget_batch), ddp.shard(retain_batch)
-    # Under DDP a rank with an empty shard must still join the backward: start from a zero in the graph.
-    loss = sum(p.sum() for p in params) * 0.0 if ddp.world() > 1 else 0.0
-    with autocast(cfg.device):
-        if fb:
-            x, y = data.collate(fb, cfg.device)
-            loss = loss + unlearning_term(model, x, y) * ddp.share(fb, forget_batch, cfg.loss != "npo")
-        if rb and cfg.retain_weight:
-            xr, yr = data.collate(rb, cfg.device)
-            loss = loss + cfg.retain_weight * lm_loss(model(xr), yr) * ddp.share(rb, retain_batch)
-    total = ddp.all_reduce_sum(loss.detach().clone())  # the global batch's loss
-    opt.zero_grad(set_to_none=True)
-    (loss * ddp.world()).backward()  # DDP averages the ranks' gradients
+def update(optimizer, params, loss):
+    """Backward, clip the gradient to norm 1, step. Under torchrun `loss` is this process's weighted
+    shard of the batch (ddp.py) and the loss returned is the whole batch's. Returns (loss, None), or
+    (loss, 'loss' | 'gradient') without applying anything if that is not finite (GA can get there)."""
+    total = ddp.all_reduce_sum(loss.detach().clone())
+    optimizer.zero_grad(set_to_none=True)
+    (loss * ddp.world()).backward()  # DDP averages the processes' gradients
     grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-    if not torch.isfinite(total) or not torch.isfinite(grad_norm):  # GA can get here: never apply it
+    if not torch.isfinite(total) or not torch.isfinite(grad_norm):
         return total.item(), "loss" if not torch.isfinite(total) else "gradient"
-    opt.step()
+    optimizer.step()
     return total.item(), None
 
 
@@ -68,61 +84,23 @@ def ctrl_c_finishes_the_step(log):
         signal.signal(signal.SIGINT, previous)
 
 
-class Progress:
-    """Where a run is. `pos` (a plain dict, saved in state.pt) holds the epoch, the global step, this
-    epoch's batch order and how far into it the run is, the evaluation history, the first step
-    that met the stopping rule. `rng` draws the batch order and the paired retain batches."""
+class Clock:
+    """Wall time of a run: in training steps, at each evaluation, and the time left to the step cap
+    (from the steps after this process's first one, which with --compile is mostly compilation)."""
 
-    def __init__(self, cfg, n_forget, rng, pos):
-        self.cfg, self.n, self.rng, self.pos = cfg, n_forget, rng, pos
-        self.steps_per_epoch = math.ceil(n_forget / cfg.batch_size)
-        self.total_steps = cfg.epochs * self.steps_per_epoch
-        self.t0, self.s0 = None, None  # the time and step after this process's first step
+    def __init__(self):
+        self.t0, self.first = time.time(), None
+        self.step_seconds, self.eval_seconds = 0.0, []
 
-    @staticmethod
-    def new(start_scores):
-        return dict(epoch=1, step=0, order=None, next=0, rule_met=None, history=[dict(epoch=0, step=0, **start_scores)])
+    def stepped(self, step, seconds):
+        self.step_seconds += seconds
+        self.first = self.first or (time.time(), step)
 
-    def batches(self, forget, retain):
-        """Yield (forget batch, paired retain batch) from where the run is, to the last epoch."""
-        p, bs = self.pos, self.cfg.batch_size
-        while p["epoch"] <= self.cfg.epochs:
-            if p["order"] is None:
-                p["order"], p["next"] = list(range(len(forget))), 0
-                self.rng.shuffle(p["order"])
-            batch = [forget[i] for i in p["order"][p["next"]:p["next"] + bs]]
-            yield batch, self.rng.sample(retain, min(len(batch), len(retain)))
+    def evaluated(self):
+        self.eval_seconds.append(time.time() - self.t0)
 
-    def advance(self, loss):
-        """The step succeeded: move past its batch (and into the next epoch at the end of one)."""
-        p = self.pos
-        p["next"] += self.cfg.batch_size
-        p["step"] += 1
-        p["loss"] = loss
-        if p["next"] >= self.n:
-            p["epoch"], p["order"], p["next"] = p["epoch"] + 1, None, 0
-        if self.t0 is None:  # after the first step of this process (with --compile, mostly compilation)
-            self.t0, self.s0 = time.time(), p["step"]
-
-    def epochs_done(self):
-        e = self.pos["epoch"] - 1 + self.pos["next"] / self.n
-        return int(e) if e == int(e) else round(e, 4)
-
-    def evaluation_due(self):
-        """Every cfg.eval_every steps and at the last one; without it, at the end of every epoch."""
-        if self.cfg.eval_every:
-            return self.pos["step"] % self.cfg.eval_every == 0 or self.pos["step"] == self.total_steps
-        return self.pos["next"] == 0
-
-    def record(self, scores, met):
-        p = self.pos
-        p["history"].append(dict(epoch=self.epochs_done(), step=p["step"], loss=p.get("loss"), **scores))
-        if met and p["rule_met"] is None:  # the first evaluation that met the rule
-            p["rule_met"] = dict(epoch=self.epochs_done(), step=p["step"])
-
-    def seconds_left(self):
-        """At most this many seconds to the step cap, from the steps after the first (which, with
-        --compile, is the compilation) and the evaluations among them."""
-        if self.t0 is None or self.pos["step"] == self.s0:
+    def seconds_left(self, step, total_steps):
+        if self.first is None or step == self.first[1]:
             return None
-        return (time.time() - self.t0) / (self.pos["step"] - self.s0) * (self.total_steps - self.pos["step"])
+        t, s = self.first
+        return (time.time() - t) / (step - s) * (total_steps - step)

@@ -6,14 +6,17 @@
   GPT-2 checkpoint (--init_from, a Hugging Face folder or name) or on the built-in base model.
 unlearn.py only sees the Task, so the loop is the same for both.
 """
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field, replace
 
 import corpus
 import data
+import hf
 import metrics
 import train
+from data import UserError
 from model import GPT
 
 
@@ -40,17 +43,32 @@ class Task:
         return cached(os.path.join(self.cache_dir, f"{name}.json"), compute)
 
 
-CACHE_VERSION = 3  # bump when a metric changes: older cached measurements are then recomputed
+# The code a cached measurement depends on besides the checkpoints: edit any of it and the
+# measurements are taken again.
+MEASURING_CODE = ("corpus.py", "data.py", "model.py", "metrics.py", "evaluation.py", "tasks.py")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def content_key(folder):
+    """sha256 of the folder's base.pt and oracle.pt and of the measuring code's source files."""
+    h = hashlib.sha256()
+    for path in [os.path.join(folder, f"{w}.pt") for w in ("base", "oracle")] + \
+            [os.path.join(HERE, f) for f in MEASURING_CODE]:
+        with open(path, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
 
 
 def cached(path, compute):
-    stamp = [CACHE_VERSION] + [os.path.getmtime(os.path.join(os.path.dirname(path), f"{w}.pt")) for w in ("base", "oracle")]
+    """compute(), or the value stored at path if it was computed from the same checkpoints with the
+    same code (content_key of the folder the file sits in)."""
+    key = content_key(os.path.dirname(path))
     if os.path.exists(path):
         saved = json.load(open(path))
-        if saved["stamp"] == stamp:
+        if saved.get("key") == key:
             return saved["value"]
     value = compute()
-    data.atomic_write(path, json.dumps(dict(stamp=stamp, value=value)).encode())
+    data.atomic_write(path, json.dumps(dict(key=key, value=value)).encode())
     return json.loads(json.dumps(value))  # the same types as a cached value: lists, not tuples
 
 
@@ -77,7 +95,7 @@ def builtin_task(cfg, log):
     world = world_dir(cfg.base_dir, cfg.corpus_seed)
     model, oracle, ckpt = load_base_and_oracle(world, cfg.device, log, train_cfg)
     if ckpt["corpus"]["seed"] != cfg.corpus_seed:
-        raise ValueError(f"{world}/base.pt was trained on corpus seed {ckpt['corpus']['seed']}, not "
+        raise UserError(f"{world}/base.pt was trained on corpus seed {ckpt['corpus']['seed']}, not "
                          f"{cfg.corpus_seed}; delete it (unlearn.py trains it again on first use)")
     enc = data.get_tokenizer(ckpt["tokenizer"])
     c = corpus.make_corpus(**ckpt["corpus"])
@@ -95,7 +113,7 @@ def builtin_task(cfg, log):
                                           oracle_reference)
     return Task(model, enc, forget=data.training_examples(splits["forget"]),
                 # D_r is everything the base model learned except D_f: the retain people and the
-                # general facts, exactly the oracle's training data (train.training_examples).
+                # general facts, exactly the oracle's training data (train.train_set).
                 retain=data.training_examples(splits["retain"]) + data.training_examples(splits["general"]),
                 scored=scored, holdout=splits["holdout"], oracle=oracle, oracle_ratios=oracle_ratios,
                 oracle_forget=oracle_forget, prompts=[splits["forget"].qa[0][0], splits["retain"].qa[0][0]],
@@ -104,14 +122,14 @@ def builtin_task(cfg, log):
 
 def file_task(cfg, log):
     if cfg.init_from:
-        model = GPT.from_pretrained(cfg.init_from).to(cfg.device).eval()
+        model = hf.load(cfg.init_from).to(cfg.device)
         enc = data.get_tokenizer("gpt2", model.hf_folder)
     else:
         model, _, ckpt = load_base_and_oracle(world_dir(cfg.base_dir, cfg.corpus_seed), cfg.device, log,
                                               replace(train.TrainConfig(), corpus_seed=cfg.corpus_seed))
         enc = data.get_tokenizer(ckpt["tokenizer"])
     if enc.n_vocab > model.config.vocab_size:
-        raise ValueError(f"the tokenizer has {enc.n_vocab} tokens but the model only {model.config.vocab_size}")
+        raise UserError(f"the tokenizer has {enc.n_vocab} tokens but the model only {model.config.vocab_size}")
     B = model.config.block_size
     files = {name: data.load_file(path, f"--{name}_file") for name, path in
              (("forget", cfg.forget_file), ("retain", cfg.retain_file), ("holdout", cfg.holdout_file)) if path}
@@ -125,7 +143,7 @@ def file_task(cfg, log):
             files["retain"] = corpus.Split(texts=[t for t in r.texts if t not in both],
                                            qa=[q for q in r.qa if q.prompt + q.answer not in both])
     elif cfg.retain_weight:
-        raise ValueError(f"--loss {cfg.loss} has a retain term: give --retain_file, or --retain_weight 0")
+        raise UserError(f"--loss {cfg.loss} has a retain term: give --retain_file, or --retain_weight 0")
     encoded, cut = {}, 0
     for name, split in files.items():
         encoded[name], n = data.encode(enc, split, B)

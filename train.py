@@ -12,7 +12,9 @@ import hashlib
 import io
 import math
 import os
+import pickle
 import random
+import zipfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 
@@ -21,6 +23,7 @@ import torch
 import corpus
 import data
 import metrics
+from data import UserError
 from model import GPT, GPTConfig, lm_loss
 
 
@@ -42,7 +45,7 @@ class TrainConfig:
 SMALL = TrainConfig(n_people=40, epochs=40, lr=3e-3, model=GPTConfig(n_layer=1, n_head=4, n_embd=128, block_size=64))
 
 
-def training_examples(c, enc, which, block_size):
+def train_set(c, enc, which, block_size):
     """The examples each model trains on: the oracle never sees the forget split."""
     splits = {"base": [c.forget, c.retain, c.general], "oracle": [c.retain, c.general]}
     return [ex for s in splits[which] for ex in data.split_examples(enc, s, block_size)]
@@ -77,10 +80,10 @@ def train_model(examples, cfg: TrainConfig, device="cpu", log=print):
             opt.step()
             step += 1
         log(f"  epoch {epoch + 1}/{cfg.epochs}  loss {loss.item():.3f}  {time.time() - t0:.0f}s")
-    return model.eval()
+    return model
 
 
-def evaluate(model, c, enc, device="cpu"):
+def score_splits(model, c, enc, device="cpu"):
     """QA accuracy / probability / truth ratio and MA on every split: what the model knows."""
     B = model.config.block_size
     return {name: metrics.split_report(model, data.encode(enc, getattr(c, name), B)[0], device=device,
@@ -102,21 +105,25 @@ def save_checkpoint(path, model, cfg, which, results):
     data.atomic_write(path, buf.getvalue())
 
 
+# What torch.load and load_state_dict raise for a truncated, foreign or mismatched file (not a bug of ours).
+DAMAGED = (OSError, RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
 def load_checkpoint(path, device="cpu"):
-    """-> (model in eval mode, the checkpoint dict). Clear errors for missing or damaged files."""
+    """-> (model, the checkpoint dict). Clear errors for missing or damaged files."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist (python train.py builds it)")
+        raise UserError(f"checkpoint {path} does not exist (python train.py builds it)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         model = GPT(GPTConfig(**ckpt["model_config"]))
         model.load_state_dict(ckpt["model"])
-    except Exception as e:
-        raise ValueError(f"checkpoint {path} is unreadable or not one of ours ({type(e).__name__}); "
-                         "delete it (unlearn.py trains it again on first use)") from None
+    except DAMAGED as e:
+        raise UserError(f"checkpoint {path} is unreadable or not one of ours ({type(e).__name__}); "
+                        "delete it (unlearn.py trains it again on first use)") from None
     if ckpt.get("tokenizer") == "fictitious" and ckpt.get("tokenizer_sha256") != tokenizer_sha256():
-        raise ValueError(f"checkpoint {path} was trained with another version of {data.VOCAB_FILE}; "
+        raise UserError(f"checkpoint {path} was trained with another version of {data.VOCAB_FILE}; "
                          "delete it (unlearn.py trains it again on first use)")
-    return model.to(device).eval(), ckpt
+    return model.to(device), ckpt
 
 
 def build(which, out="out", cfg=None, device="cpu", log=print):
@@ -124,11 +131,11 @@ def build(which, out="out", cfg=None, device="cpu", log=print):
     cfg = cfg or TrainConfig()
     enc = data.get_tokenizer()
     c = corpus.make_corpus(cfg.corpus_seed, cfg.n_people, cfg.forget_frac)
-    examples = training_examples(c, enc, which, cfg.model.block_size)
+    examples = train_set(c, enc, which, cfg.model.block_size)
     log(f"training the {which} model: {len(examples)} sequences, {cfg.epochs} epochs on {device}")
     t0 = time.time()
     model = train_model(examples, cfg, device, log)
-    results = evaluate(model, c, enc, device)
+    results = score_splits(model, c, enc, device)
     results["train_seconds"] = time.time() - t0
     path = os.path.join(out, f"{which}.pt")
     save_checkpoint(path, model, cfg, which, results)

@@ -14,7 +14,6 @@ import argparse
 import copy
 import json
 import os
-import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -24,12 +23,13 @@ import torch.nn.functional as F
 
 import data
 import ddp
+import evaluation
 import fisher
 import lora
-import metrics
 import report
 import runtime
 import tasks
+from data import UserError
 from model import IGNORE, at_least_float32, lm_loss, token_nll
 
 
@@ -100,15 +100,15 @@ def resolve(cfg):
     cfg = copy.copy(cfg)
     for flag, allowed in (("loss", LOSSES), ("adapter", ADAPTERS)):
         if getattr(cfg, flag) not in allowed:
-            raise ValueError(f"--{flag} {getattr(cfg, flag)!r} is not one of {', '.join(allowed)}")
+            raise UserError(f"--{flag} {getattr(cfg, flag)!r} is not one of {', '.join(allowed)}")
     if cfg.init_from and not cfg.forget_file:
-        raise ValueError("--init_from needs --forget_file (the built-in corpus goes with the built-in model)")
+        raise UserError("--init_from needs --forget_file (the built-in corpus goes with the built-in model)")
     for flag in ("rank", "lr", "epochs", "batch_size", "el_n"):
         if getattr(cfg, flag) <= 0:
-            raise ValueError(f"--{flag} must be > 0, got {getattr(cfg, flag)}")
+            raise UserError(f"--{flag} must be > 0, got {getattr(cfg, flag)}")
     cfg.alpha = 2.0 * cfg.rank if cfg.alpha is None else cfg.alpha
     if cfg.alpha <= 0:
-        raise ValueError(f"--alpha must be > 0, got {cfg.alpha}")
+        raise UserError(f"--alpha must be > 0, got {cfg.alpha}")
     cfg.retain_weight = (0.0 if cfg.loss == "ga" else 1.0) if cfg.retain_weight is None else cfg.retain_weight
     if cfg.device == "auto":
         cfg.device = "cuda" if torch.cuda.is_available() else \
@@ -124,16 +124,15 @@ def add_adapters(model, cfg, forget, retain, log, saved=None):
         if saved is not None:
             model.load_state_dict(saved)
         return model.requires_grad_(True)
-    smallest = min(min(m.weight.shape) for name, m in model.named_modules() if name.endswith(
-        tuple(lora.TARGETS.values())))
+    smallest = min(min(m.weight.shape) for name, m in model.named_modules() if name.endswith(tuple(lora.LAYERS.values())))
     if cfg.rank > smallest:
-        raise ValueError(f"--rank {cfg.rank} exceeds the smallest adapted layer dimension; use --rank <= {smallest}")
+        raise UserError(f"--rank {cfg.rank} exceeds the smallest adapted layer dimension; use --rank <= {smallest}")
     lora.add_lora(model, cfg.rank, cfg.alpha)
     if saved is not None:
         lora.load_lora_state_dict(model, saved)
     elif cfg.adapter == "fila":  # Fisher on forget and on retain, batches of 4 as the authors (METHOD §3)
         if not retain:
-            raise ValueError("--adapter fila needs retain data for the retain Fisher: give --retain_file")
+            raise UserError("--adapter fila needs retain data for the retain Fisher: give --retain_file")
         t0 = time.time()
         mine = lambda examples: list(data.batches(examples, 4))[ddp.rank()::ddp.world()]  # this rank's batches
         f_forget = fisher.fisher_diagonal(model, mine(forget), cfg.device, ddp.all_reduce_sum)
@@ -145,88 +144,8 @@ def add_adapters(model, cfg, forget, retain, log, saved=None):
     return model
 
 
-def summary_scores(scores, ratios, task):
-    """Adds forget quality (KS test of the forget questions' truth ratios against the oracle's) and
-    model utility (retain-side harmonic mean) to an evaluation's scores."""
-    ok = ratios is not None and task.oracle_ratios is not None
-    return dict(scores, forget_quality=metrics.ks_2samp_pvalue(ratios, task.oracle_ratios) if ok else None,
-                model_utility=metrics.model_utility([scores[s] for s in task.utility_splits]) if task.utility_splits else None)
-
-
-def evaluate(model, task, cfg, thr=None, final=False):
-    """Every scored split's report, with forget quality and model utility. On the forget split also:
-    EL_n (the costly one) when the stopping rule needs it, i.e. once forget MA and QA accuracy are
-    below their thresholds (before that the rule cannot be met), and at the start and the end; fluency
-    of the model's own
-    answers (judged by the oracle); the membership-inference AUC of forget vs holdout biographies and
-    the privacy leakage relative to the oracle's."""
-    out = {s: metrics.split_report(model, e, None, cfg.device, forget_like=s == "forget") for s, e in task.scored.items()}
-    scores = {s: r for s, (r, _) in out.items()}
-    f, forget = scores["forget"], task.scored["forget"]
-    if "ma" in f and (thr is None or final or (f["ma"] < thr["ma"] and f.get("qa_acc", 0) < thr.get("qa", 2))):
-        el = metrics.mean_extraction_likelihood(model, forget.texts, cfg.el_n, cfg.device)
-        if el is not None:
-            f[f"el{cfg.el_n}"] = el
-    if task.oracle is not None and forget.qa:
-        prompts = [p for p, _ in forget.qa]
-        f["fluency"], f["fluency_sd"] = metrics.fluency(task.oracle, prompts, metrics.greedy_answers(
-            model, prompts, task.enc.eot_token, device=cfg.device), cfg.device)
-    if task.holdout and task.holdout.texts and forget.texts:
-        f["mia_auc"] = metrics.mia_auc(metrics.text_nll(model, forget.texts, device=cfg.device),
-                                       metrics.text_nll(model, task.holdout.texts, device=cfg.device))
-        if task.oracle_forget and "mia_auc" in task.oracle_forget:
-            f["privacy_leakage"] = metrics.privacy_leakage(f["mia_auc"], task.oracle_forget["mia_auc"])
-    return summary_scores(scores, out["forget"][1], task)
-
-
-def measure_start(model, task, cfg):
-    """The starting point: its scores, the stopping rule's thresholds (from unseen data), the holdout
-    people's scores (what a model that never saw them knows) and the answers "before"."""
-    start = evaluate(model, task, cfg)
-    return start, dict(thresholds=stopping_thresholds(model, task, cfg),
-                       holdout=metrics.split_report(model, task.holdout, None, cfg.device, forget_like=True)[0]
-                       if task.holdout else None,
-                       before=[greedy_answer(model, task.enc, p, cfg.device) for p in task.prompts])
-
-
-def stopping_thresholds(model, task, cfg):
-    """Jang et al.'s rule: stop once the forget set's mean MA and EL_n are both below what the starting
-    model scores on unseen texts of the same kind, allowing for sampling noise (metrics.stopping_thresholds);
-    with questions, forget QA accuracy too: the biographies can look unseen while the answers are
-    still known. None without holdout texts long enough for EL_n, or without forget texts."""
-    texts = task.holdout.texts if task.holdout else []
-    el = [v for v in metrics.extraction_likelihood(model, texts, cfg.el_n, cfg.device) if v is not None]
-    if len(el) < 2 or not task.scored["forget"].texts:
-        return None
-    ma = metrics.memorization_accuracy(model, texts, device=cfg.device)
-    hits = metrics.exact_matches(model, task.holdout.qa, cfg.device) if task.holdout.qa else None
-    return metrics.stopping_thresholds(ma, el, len(task.scored["forget"].texts), hits, len(task.scored["forget"].qa))
-
-
-def rule_met(f, thr, el_key):
-    """Forget MA and EL_n below their thresholds, and forget QA accuracy too where there are questions."""
-    return bool(thr) and "ma" in f and el_key in f and f["ma"] < thr["ma"] and f[el_key] < thr["el"] and \
-        ("qa" not in thr or f["qa_acc"] < thr["qa"])
-
-
-def greedy_answer(model, enc, prompt, device):
-    """The model's greedy answer to a token prompt as text (metrics.greedy_answers, without the
-    <|endoftext|>). The embedding is padded past the tokenizer's last id; an unlearned model may pick
-    such an id (it was never trained): it is shown as "<?>"."""
-    out = metrics.greedy_answers(model, [prompt], enc.eot_token, device=device)[0]
-    out = out[:-1] if out and out[-1] == enc.eot_token else out
-    text, run = [], []
-    for t in out + [None]:  # decode each stretch of real ids at once (a character can span tokens)
-        if t is not None and t < enc.n_vocab:
-            run.append(t)
-            continue
-        text += [enc.decode(run)] + (["<?>"] if t is not None else [])
-        run = []
-    return "".join(text).strip()
-
-
 def forget_loss(model, ref, x, y, cfg):
-    """The unlearning term on a forget batch (METHOD §1)."""
+    """The unlearning term on a forget batch (METHOD §1): GA's (also GD's), IHL's or NPO's."""
     logits = model(x)
     if cfg.loss in ("ga", "gd"):
         return ga_loss(logits, y)
@@ -237,29 +156,30 @@ def forget_loss(model, ref, x, y, cfg):
     return npo_loss(logits, y, ref_logits, cfg.npo_beta)
 
 
+def objective(model, ref, forget_batch, retain_batch, cfg):
+    """L = L_unlearn(forget batch) + λ·NLL(retain batch), the paper's objective for one step. Under
+    torchrun each process computes its shard of both batches, weighted by its share (ddp.py)."""
+    fb, f_share = ddp.shard(forget_batch, per_token=cfg.loss != "npo")  # NPO is a mean over sequences
+    x, y = data.collate(fb, cfg.device)
+    loss = forget_loss(model, ref, x, y, cfg) * f_share
+    rb, r_share = ddp.shard(retain_batch)
+    if rb and cfg.retain_weight:
+        xr, yr = data.collate(rb, cfg.device)
+        loss = loss + cfg.retain_weight * lm_loss(model(xr), yr) * r_share
+    return loss
+
+
 def run(cfg: UnlearnConfig, log=print, resume=None):
-    """Unlearn; returns (model, results). `resume`: a state saved in a run folder's state.pt.
-    The paper's algorithm, in order: measure the start -> Fisher -> FILA -> for each forget batch,
-    the unlearning loss + λ·retain NLL -> evaluate -> stop at the rule (runtime.py does the rest)."""
-    cfg = resolve(cfg)
+    """Unlearn; returns (model, results). `resume`: what a stopped run saved (its state.pt)."""
+    cfg, clock = resolve(cfg), runtime.Clock()
     log = log if ddp.rank() == 0 else (lambda line: None)
     torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
-    t_start = time.time()
     task = tasks.build(cfg, log)
-    model, enc, forget, retain = task.model, task.enc, task.forget, task.retain
-    ref = copy.deepcopy(model).requires_grad_(False) if cfg.loss == "npo" else None
+    model, forget, retain = task.model, task.forget, task.retain
+    ref = copy.deepcopy(model).requires_grad_(False) if cfg.loss == "npo" else None  # NPO's π_ref
 
-    # 1. The starting point: scores, the stopping rule's thresholds, answers "before" (cached per world).
-    if resume is None:
-        start, fixed = task.cached(f"start-el{cfg.el_n}-retain{cfg.eval_retain}-{cfg.device.split(':')[0]}",
-                                   lambda: measure_start(model, task, cfg))
-        pos = runtime.Progress.new(start)
-    else:
-        fixed, pos = resume["fixed"], resume["pos"]
-        rng.setstate(resume["rng"])
-        log(f"resuming at epoch {pos['epoch']}, step {pos['step']}")
-    progress = runtime.Progress(cfg, len(forget), rng, pos)  # moves `pos` forward as the run goes
+    # 1. The start: its scores, the stopping rule's thresholds (from people it never saw), its answers.
+    fixed, state = starting_point(task, cfg, resume)
     thr, el_key = fixed["thresholds"], f"el{cfg.el_n}"
 
     # 2. Fisher on forget and retain -> FILA-initialised adapters (or LoRA, PiSSA, full fine-tuning).
@@ -268,76 +188,88 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
+        log(f"resuming at step {state['step']}")
     fwd = ddp.wrap(torch.compile(model) if cfg.compile else model, params)  # same parameters
-    unlearning_term = lambda m, x, y: forget_loss(m, ref, x, y, cfg)
-    if ddp.world() > 1:
-        log(f"data parallel over {ddp.world()} processes: each takes 1/{ddp.world()} of every batch")
-    rule_text = "no stopping rule (it needs forget texts, and holdout texts long enough for EL_n)"
-    if thr:
-        rule_text = f"stop when forget MA < {thr['ma']:.3f}, EL{cfg.el_n} < {thr['el']:.3f}"
-        rule_text += (f", QA < {thr['qa']:.3f}" if "qa" in thr else "") + " (from unseen people)"
-    log(f"{cfg.loss} + {cfg.adapter}: {sum(p.numel() for p in params):,} trainable parameters; {rule_text}")
+    log(f"{cfg.loss} + {cfg.adapter}: {sum(p.numel() for p in params):,} trainable parameters; {rule_text(thr, cfg)}")
 
-    def save_state():  # everything needed to continue exactly where the run is (rank 0 writes)
+    def record_scores(final=False):  # evaluate and record; -> whether the stopping rule is met now
+        scores = evaluation.evaluate(model, task, cfg, thr, final)
+        met = evaluation.rule_met(scores["forget"], thr, el_key)
+        epoch = runtime.epochs_done(state["step"], len(forget), cfg.batch_size)
+        state["history"].append(dict(epoch=epoch, step=state["step"], loss=state["loss"], **scores))
+        state["rule_met"] = state["rule_met"] or (dict(epoch=epoch, step=state["step"]) if met else None)
+        clock.evaluated()
+        return met
+
+    def save():  # everything needed to continue exactly here (rank 0 writes)
         if ddp.rank() == 0:
-            report.save_state(cfg.out, dict(config=asdict(cfg), fixed=fixed, pos=pos, rng=rng.getstate(),
-                                             weights=report.trainable_state(model, cfg.adapter),
-                                             optimizer=optimizer.state_dict()))
+            report.save_state(cfg, fixed, state, model, optimizer)
 
-    outcome, step_seconds, eval_seconds = "finished", 0.0, []
-
-    def evaluate_and_record(final=False):  # -> whether the stopping rule is met now
-        scores = evaluate(model, task, cfg, thr, final)
-        met = rule_met(scores["forget"], thr, el_key)
-        progress.record(scores, met)
-        eval_seconds.append(time.time() - t_start)
-        return met, scores
-
-    # 3. Unlearn: each step pairs a forget batch with a random retain batch; evaluate; stop at the rule.
-    os.makedirs(cfg.out, exist_ok=True)
+    # 3. Unlearn: each step, the unlearning loss on a forget batch + λ·NLL on a random retain batch;
+    #    evaluate every epoch (or --eval_every steps); stop as soon as the rule is met.
+    plan, outcome = runtime.schedule(cfg.seed, len(forget), len(retain), cfg.batch_size, cfg.epochs), "finished"
     with runtime.ctrl_c_finishes_the_step(log) as interrupted:
-        for batch, paired in progress.batches(forget, retain):
+        for step in range(state["step"], len(plan)):
             t_step = time.perf_counter()
-            loss, bad = runtime.train_step(fwd, unlearning_term, optimizer, params, batch, paired, cfg)
-            step_seconds += time.perf_counter() - t_step
+            with runtime.autocast(cfg.device):
+                loss = objective(fwd, ref, [forget[i] for i in plan[step][0]], [retain[i] for i in plan[step][1]], cfg)
+            loss, bad = runtime.update(optimizer, params, loss)
+            clock.stepped(step + 1, time.perf_counter() - t_step)
             if bad:
-                outcome = f"stopped: non-finite {bad} at step {pos['step'] + 1}; the weights are those of " \
-                          f"step {pos['step']} (that update was not applied)"
+                outcome = f"stopped: non-finite {bad} at step {step + 1}; the weights are those of step {step} " \
+                          "(that update was not applied)"
                 break
-            progress.advance(loss)
+            state.update(step=step + 1, loss=loss)
             if ddp.any_rank(interrupted):
-                outcome = f"interrupted at step {pos['step']}; continue with --resume {cfg.out}"
+                outcome = f"interrupted at step {step + 1}; continue with --resume {cfg.out}"
                 break
-            if progress.evaluation_due():
-                met, scores = evaluate_and_record(final=pos["step"] == progress.total_steps)
-                left = progress.seconds_left()
-                log(f"epoch {progress.epochs_done():2g} step {pos['step']:3d}  loss {loss:7.3f}  {report.brief(scores, el_key)}"
-                    f"  {time.time() - t_start:.0f}s" + ("" if left is None else f" (at most {left:.0f}s more)"))
-                save_state()
+            if runtime.evaluation_due(step + 1, cfg, len(forget), len(plan)):
+                met = record_scores(final=step + 1 == len(plan))
+                log(report.progress(state["history"][-1], el_key, time.time() - clock.t0, clock.seconds_left(step + 1, len(plan))))
+                save()
                 if met and not cfg.no_stop:
                     break
     if outcome != "finished":
         log(outcome)
-        save_state()
-        last = pos["history"][-1]
-        if last["step"] != pos["step"] or el_key not in last["forget"]:  # score where the run stopped, in full
-            evaluate_and_record(final=True)
+        save()
+        last = state["history"][-1]
+        if last["step"] != state["step"] or el_key not in last["forget"]:  # score where the run stopped, in full
+            record_scores(final=True)
+    return model, results(cfg, task, fixed, state, outcome, params, clock, model)
 
-    first, end = pos["history"][0], pos["history"][-1]
-    first_met = pos["rule_met"]  # the first evaluation that met the rule, with every metric there
-    at_rule = first_met and next(h for h in pos["history"] if h["step"] == first_met["step"])
-    results = dict(
-        config=asdict(cfg), outcome=outcome, thresholds=thr, stopped_at_epoch=first_met and first_met["epoch"],
-        steps=pos["step"],
-        rule_met=at_rule, trainable_params=sum(p.numel() for p in params), oracle_forget=task.oracle_forget,
+
+def starting_point(task, cfg, resume):
+    """(fixed, state): what is measured once on the starting model (evaluation.measure_start; the same
+    for every run of a world, so cached there), and where the run is. Resuming: both from state.pt."""
+    if resume is not None:
+        return resume["fixed"], resume["state"]
+    start, fixed = task.cached(f"start-el{cfg.el_n}-retain{cfg.eval_retain}-{cfg.device.split(':')[0]}",
+                               lambda: evaluation.measure_start(task.model, task, cfg))
+    return fixed, dict(step=0, loss=None, rule_met=None, history=[dict(epoch=0, step=0, **start)])
+
+
+def rule_text(thr, cfg):
+    if not thr:
+        return "no stopping rule (it needs forget texts, and holdout texts long enough for EL_n)"
+    return f"stop when forget MA < {thr['ma']:.3f}, EL{cfg.el_n} < {thr['el']:.3f}" + \
+        (f", QA < {thr['qa']:.3f}" if "qa" in thr else "") + " (from unseen people)"
+
+
+def results(cfg, task, fixed, state, outcome, params, clock, model):
+    """What a run reports (report.py writes it): every evaluation, and the scores at the first step
+    that met the stopping rule (where runs are compared: equal forgetting)."""
+    first, end, met = state["history"][0], state["history"][-1], state["rule_met"]
+    return dict(
+        config=asdict(cfg), outcome=outcome, thresholds=fixed["thresholds"], stopped_at_epoch=met and met["epoch"],
+        steps=state["step"], rule_met=met and next(h for h in state["history"] if h["step"] == met["step"]),
+        trainable_params=sum(p.numel() for p in params), oracle_forget=task.oracle_forget,
         holdout_start=fixed["holdout"],
         start=dict(forget_quality=first["forget_quality"], model_utility=first["model_utility"]),
         end=dict(forget_quality=end["forget_quality"], model_utility=end["model_utility"]),
-        generations=[dict(prompt=enc.decode(p), before=b, after=greedy_answer(model, enc, p, cfg.device))
+        generations=[dict(prompt=task.enc.decode(p), before=b, after=evaluation.greedy_text(model, task.enc, p, cfg.device))
                      for p, b in zip(task.prompts, fixed["before"])],
-        history=pos["history"], seconds=time.time() - t_start,
-        eval_seconds=eval_seconds, step_seconds=step_seconds)
-    return model, results
+        history=state["history"], seconds=time.time() - clock.t0,
+        eval_seconds=clock.eval_seconds, step_seconds=clock.step_seconds)
 
 
 def main(argv=None):
@@ -358,12 +290,14 @@ def main(argv=None):
         if main_rank:
             report.check_writable(cfg.out)
             print(json.dumps(asdict(cfg)))
+            if ddp.world() > 1:
+                print(f"data parallel over {ddp.world()} processes: each takes 1/{ddp.world()} of every batch")
         model, results = run(cfg, resume=state)
         if main_rank:
             report.save_run(model, results)
             if cfg.save_merged:
                 report.save_merged(model, os.path.join(cfg.out, "hf"))
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except UserError as e:
         sys.exit(f"error: {e}")
     finally:
         ddp.finish()

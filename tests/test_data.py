@@ -157,7 +157,7 @@ def test_bad_files_get_one_line_errors(tmp_path, content, suffix, match):
     path = tmp_path / f"forget{suffix}"
     if content is not None:
         path.write_bytes(content)
-    with pytest.raises((ValueError, FileNotFoundError), match=match) as e:
+    with pytest.raises(data.UserError, match=match) as e:
         data.load_file(str(path), "--forget_file")
     assert "--forget_file" in str(e.value) and "\n" not in str(e.value)
 

@@ -1,8 +1,11 @@
 """The repository explains itself: every "§N" or "§N.M" reference in the code, the notebooks and the
-documents resolves to a heading of METHOD.md, and nothing points outside the repository for it."""
+documents resolves to a heading of METHOD.md, and nothing points outside the repository for it.
+What the product imports is what requirements.txt installs."""
+import ast
 import glob
 import os
 import re
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,3 +30,45 @@ def test_nothing_points_outside_the_repository():
     outside = ("../" + "shared", "shared/" + "METHOD")  # spelled in two parts so this file is no offender
     offenders = [path for path, text in sources() if any(s in text for s in outside)]
     assert not offenders
+
+
+# import name -> the requirements.txt entry that installs it
+DISTRIBUTIONS = {"torch": "torch", "tiktoken": "tiktoken", "numpy": "numpy", "matplotlib": "matplotlib",
+                 "safetensors": "safetensors", "regex": "regex"}
+
+
+def test_every_third_party_import_is_declared_or_optional():
+    """Every module the product's files import is the standard library, one of the product's own files,
+    a requirement, or an optional extra imported inside `try: ... except ImportError`."""
+    declared = {re.split(r"[<>=~ ]", line.strip())[0] for line in open(os.path.join(ROOT, "requirements.txt"))
+                if line.strip() and not line.startswith("#")}
+    own = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "*.py"))}
+    undeclared = []
+    for path in glob.glob(os.path.join(ROOT, "*.py")):
+        tree = ast.parse(open(path, encoding="utf-8").read())
+        guarded = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try) and any(
+            isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError") for h in t.handlers)
+            for n in ast.walk(t)}
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            for top in {n.split(".")[0] for n in names}:
+                if top in sys.stdlib_module_names or top in own or id(node) in guarded:
+                    continue
+                if DISTRIBUTIONS.get(top) not in declared:
+                    undeclared.append(f"{os.path.basename(path)}: {top}")
+    assert not undeclared, f"imported but not in requirements.txt (nor guarded by except ImportError): {undeclared}"
+
+
+def test_every_implemented_in_names_a_real_function():
+    """METHOD.md's "Implemented in: `file.py` → `name`" lines point at functions and classes that exist."""
+    method = open(os.path.join(ROOT, "METHOD.md"), encoding="utf-8").read()
+    pairs = re.findall(r"`(\w+\.py)` → `([\w.]+)`", method)
+    assert len(pairs) > 20
+    missing = []
+    for file, name in pairs:
+        tree = ast.parse(open(os.path.join(ROOT, file), encoding="utf-8").read())
+        defined = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        if name.split(".")[-1] not in defined:
+            missing.append(f"{file} → {name}")
+    assert not missing, f"METHOD.md names what does not exist: {missing}"

@@ -8,9 +8,9 @@ import torch
 
 import corpus
 import data
+import hf
 import report
 import unlearn
-from model import GPT
 from test_unlearn_run import base_dir  # noqa: F401  (the tiny base and oracle fixture)
 
 
@@ -27,7 +27,7 @@ def hf_folder(base_dir, tmp_path_factory):  # noqa: F811
     import train
     model, _ = train.load_checkpoint(str(base_dir / "world0" / "base.pt"))
     folder = tmp_path_factory.mktemp("hf")
-    for name, blob in model.hf_files().items():
+    for name, blob in hf.files(model).items():
         (folder / name).write_bytes(blob)
     write_vocab_json(data.get_tokenizer(), folder / "vocab.json")
     return folder, model
@@ -35,10 +35,10 @@ def hf_folder(base_dir, tmp_path_factory):  # noqa: F811
 
 def test_hf_round_trip_is_exact(hf_folder, tmp_path):
     folder, model = hf_folder
-    loaded = GPT.from_pretrained(str(folder))
-    for name, blob in loaded.hf_files(loaded.hf_config).items():  # load -> save -> load
+    loaded = hf.load(str(folder))
+    for name, blob in hf.files(loaded, loaded.hf_config).items():  # load -> save -> load
         (tmp_path / name).write_bytes(blob)
-    again = GPT.from_pretrained(str(tmp_path))
+    again = hf.load(str(tmp_path))
     x = torch.randint(0, 1700, (2, 20))
     assert torch.equal(model(x), loaded(x)) and torch.equal(loaded(x), again(x))
     assert data.get_tokenizer("gpt2", str(folder)).encode_ordinary("Bio: x") == \
@@ -73,7 +73,7 @@ def test_unlearn_a_hugging_face_model_from_files(hf_folder, tmp_path):
     assert r["thresholds"] is not None and r["end"]["forget_quality"] is None  # no oracle for user data
     report.save_run(unlearned, r)
     report.save_merged(unlearned, str(tmp_path / "run" / "hf"))
-    merged = GPT.from_pretrained(str(tmp_path / "run" / "hf"))
+    merged = hf.load(str(tmp_path / "run" / "hf"))
     x = torch.randint(0, 1700, (2, 20))
     assert (merged(x) - unlearned(x)).abs().max() < 1e-4
     assert (tmp_path / "run" / "hf" / "vocab.json").exists()
@@ -101,10 +101,10 @@ def test_matches_transformers_after_export(hf_folder, tmp_path):
     """The folder we write loads in transformers' own GPT2LMHeadModel with the same logits."""
     transformers = pytest.importorskip("transformers")
     folder, model = hf_folder
-    hf = transformers.GPT2LMHeadModel.from_pretrained(str(folder)).eval()
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(str(folder)).eval()
     x = torch.randint(0, 1700, (2, 20))
     with torch.no_grad():
-        assert (hf(x).logits - model(x)).abs().max() < 1e-4
+        assert (theirs(x).logits - model(x)).abs().max() < 1e-4
 
 
 def test_tokenizer_larger_than_the_model_is_a_clear_error(tmp_path):

@@ -5,6 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import hf
+from data import UserError
 from model import GPT, GPTConfig, IGNORE, lm_loss, token_nll
 
 TINY = GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=16)
@@ -71,6 +73,17 @@ def test_generate_greedy_matches_step_by_step_argmax():
         nxt = m(ref[:, -TINY.block_size:])[:, -1].argmax(-1, keepdim=True)
         ref = torch.cat([ref, nxt], 1)
     assert torch.equal(out, ref)
+
+
+def test_several_tokens_after_a_filled_cache_see_what_a_full_forward_sees():
+    """Feeding a sequence in chunks through the key/value cache gives the logits of one forward pass,
+    also for chunks of several tokens after the first (each new token sees the cache and the new
+    tokens before it, none after)."""
+    m = tiny_model()
+    x = torch.randint(0, 50, (2, 12))
+    cache = [dict() for _ in m.transformer.h]
+    chunks = [m(x[:, a:b], cache) for a, b in ((0, 5), (5, 9), (9, 10), (10, 12))]
+    assert (torch.cat(chunks, 1) - m(x)).abs().max() < 1e-5
 
 
 def test_generate_sampling_is_seeded():
@@ -142,45 +155,45 @@ def reference_gpt2_logits(sd, idx, n_layer=2, n_head=2):
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])
-def test_from_pretrained_matches_float64_reference(tmp_path, fmt):
+def test_hf_load_matches_float64_reference(tmp_path, fmt):
     sd = hf_state_dict()
-    m = GPT.from_pretrained(str(write_hf_checkpoint(tmp_path / fmt, sd, fmt))).eval()
+    m = hf.load(str(write_hf_checkpoint(tmp_path / fmt, sd, fmt))).eval()
     idx = torch.randint(0, 50, (3, 16))
     with torch.no_grad():
         assert (m(idx).double() - reference_gpt2_logits(sd, idx)).abs().max() < 1e-4
 
 
-def test_from_pretrained_names_bad_keys(tmp_path):
+def test_hf_load_names_bad_keys(tmp_path):
     sd = hf_state_dict()
     del sd["transformer.h.1.mlp.c_fc.bias"]
-    with pytest.raises(ValueError, match=r"missing 'h\.1\.mlp\.c_fc\.bias'"):
-        GPT.from_pretrained(str(write_hf_checkpoint(tmp_path / "a", sd)))
+    with pytest.raises(UserError, match=r"missing 'h\.1\.mlp\.c_fc\.bias'"):
+        hf.load(str(write_hf_checkpoint(tmp_path / "a", sd)))
     sd = hf_state_dict()
     sd["transformer.h.0.attn.extra.weight"] = torch.zeros(2)
-    with pytest.raises(ValueError, match=r"unexpected keys: h\.0\.attn\.extra\.weight"):
-        GPT.from_pretrained(str(write_hf_checkpoint(tmp_path / "b", sd)))
+    with pytest.raises(UserError, match=r"unexpected keys: h\.0\.attn\.extra\.weight"):
+        hf.load(str(write_hf_checkpoint(tmp_path / "b", sd)))
     sd = hf_state_dict()
     sd["lm_head.weight"] = sd.pop("transformer.wte.weight")  # the head is there, the embedding not
-    with pytest.raises(ValueError, match=r"missing 'wte\.weight'"):
-        GPT.from_pretrained(str(write_hf_checkpoint(tmp_path / "d", sd)))
-    with pytest.raises(ValueError, match="activation_function"):
-        GPT.from_pretrained(str(write_hf_checkpoint(tmp_path / "c", hf_state_dict(), activation_function="relu")))
+    with pytest.raises(UserError, match=r"missing 'wte\.weight'"):
+        hf.load(str(write_hf_checkpoint(tmp_path / "d", sd)))
+    with pytest.raises(UserError, match="activation_function"):
+        hf.load(str(write_hf_checkpoint(tmp_path / "c", hf_state_dict(), activation_function="relu")))
 
 
-def test_from_pretrained_missing_files_are_clear(tmp_path):
+def test_hf_load_missing_files_are_clear(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="config.json"):
-        GPT.from_pretrained(str(tmp_path / "empty"))
+    with pytest.raises(UserError, match="config.json"):
+        hf.load(str(tmp_path / "empty"))
     (tmp_path / "badconfig").mkdir()
     (tmp_path / "badconfig" / "config.json").write_text("{}")
-    with pytest.raises(ValueError, match="lacks n_positions"):
-        GPT.from_pretrained(str(tmp_path / "badconfig"))
+    with pytest.raises(UserError, match="lacks n_positions"):
+        hf.load(str(tmp_path / "badconfig"))
     path = write_hf_checkpoint(tmp_path / "noweights", hf_state_dict())
     (path / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="no model.safetensors or pytorch_model.bin"):
-        GPT.from_pretrained(str(path))
-    with pytest.raises(FileNotFoundError, match="into a folder"):
-        GPT.from_pretrained(str(tmp_path / "no-such-model"))
+    with pytest.raises(UserError, match="no model.safetensors or pytorch_model.bin"):
+        hf.load(str(path))
+    with pytest.raises(UserError, match="into a folder"):
+        hf.load(str(tmp_path / "no-such-model"))
 
 
 def test_matches_huggingface_gpt2(tmp_path):
@@ -189,11 +202,11 @@ def test_matches_huggingface_gpt2(tmp_path):
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=100, n_positions=32,
                                   bos_token_id=0, eos_token_id=0)
-    hf = transformers.GPT2LMHeadModel(cfg).eval()
-    hf.save_pretrained(tmp_path)
-    ours = GPT.from_pretrained(str(tmp_path)).eval()
+    theirs = transformers.GPT2LMHeadModel(cfg).eval()
+    theirs.save_pretrained(tmp_path)
+    ours = hf.load(str(tmp_path)).eval()
     idx = torch.randint(0, 100, (3, 20))
     with torch.no_grad():
-        assert (hf(idx).logits - ours(idx)).abs().max() < 1e-4
-        want = hf.generate(idx[:, :4], max_new_tokens=24, do_sample=False, pad_token_id=0)
+        assert (theirs(idx).logits - ours(idx)).abs().max() < 1e-4
+        want = theirs.generate(idx[:, :4], max_new_tokens=24, do_sample=False, pad_token_id=0)
     assert torch.equal(ours.generate(idx[:, :4], 24, temperature=0), want)

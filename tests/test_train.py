@@ -21,7 +21,7 @@ def tiny_run():
 
 def test_a_tiny_model_learns_the_facts_it_saw_and_not_the_others(tiny_run):
     enc, c, model = tiny_run
-    r = train.evaluate(model, c, enc)
+    r = train.score_splits(model, c, enc)
     for split in ("forget", "retain"):
         assert r[split]["qa_acc"] >= 0.9 and r[split]["ma"] >= 0.9, (split, r[split])
     assert r["holdout"]["qa_acc"] <= 0.2  # never trained on: guessing
@@ -30,10 +30,10 @@ def test_a_tiny_model_learns_the_facts_it_saw_and_not_the_others(tiny_run):
 def test_oracle_never_sees_the_forget_split():
     enc = data.get_tokenizer()
     c = corpus.make_corpus(n_people=20)
-    oracle = {tuple(t) for t, _ in train.training_examples(c, enc, "oracle", 128)}
-    base = {tuple(t) for t, _ in train.training_examples(c, enc, "base", 128)}
+    oracle = {tuple(t) for t, _ in train.train_set(c, enc, "oracle", 128)}
+    base = {tuple(t) for t, _ in train.train_set(c, enc, "base", 128)}
     forget = {tuple(t) for t, _ in data.split_examples(enc, c.forget, 128)}
-    assert all(len(t) <= 17 for t, _ in train.training_examples(c, enc, "base", 16))  # the model's block
+    assert all(len(t) <= 17 for t, _ in train.train_set(c, enc, "base", 16))  # the model's block
     assert forget <= base and not forget & oracle and oracle <= base
 
 
@@ -46,12 +46,12 @@ def test_checkpoint_round_trip_and_clear_errors(tiny_run, tmp_path):
     assert torch.equal(loaded(x), model(x))
     assert ckpt["corpus"] == dict(seed=0, n_people=10, forget_frac=0.2) and ckpt["which"] == "base"
     assert not list(tmp_path.glob("*.tmp*"))  # the atomic write left no temporary file
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(data.UserError, match="does not exist"):
         train.load_checkpoint(str(tmp_path / "nope.pt"))
     (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(ValueError, match="unreadable"):
+    with pytest.raises(data.UserError, match="unreadable"):
         train.load_checkpoint(str(tmp_path / "cut.pt"))
     ckpt["tokenizer_sha256"] = "0" * 64
     torch.save(ckpt, tmp_path / "other_vocab.pt")
-    with pytest.raises(ValueError, match="another version"):
+    with pytest.raises(data.UserError, match="another version"):
         train.load_checkpoint(str(tmp_path / "other_vocab.pt"))

@@ -111,18 +111,23 @@ def test_qa_metrics_by_hand():
     assert r["truth_ratio_verbatim"] == pytest.approx(np.mean([max(0, 1 - ratios[0]), 0.0]))
 
 
+def S(nll):
+    """An answer's score with mean NLL `nll` (exact match and accuracy do not enter the truth ratio)."""
+    return metrics.Score(nll, False, 0.0)
+
+
 def test_truth_ratio_is_tofus_formula():
     """R = exp(L(paraphrase) − mean_k L(perturbed_k)) with per-token mean losses L, by hand."""
-    # (mean answer NLL, exact match) of the paraphrase, then of three perturbed paraphrases
-    scores = [[(0.5, True), (1.0, False), (2.0, False), (3.0, False)],   # knows: R = e^(0.5 − 2) = e^−1.5
-              [(2.0, False), (1.0, False), (1.0, False), (1.0, False)]]  # prefers a wrong value: R = e^1
+    # the mean answer NLL of the paraphrase, then of three perturbed paraphrases
+    scores = [[S(0.5), S(1.0), S(2.0), S(3.0)],   # knows: R = e^(0.5 − 2) = e^−1.5
+              [S(2.0), S(1.0), S(1.0), S(1.0)]]  # prefers a wrong value: R = e^1
     R = metrics.truth_ratios(scores)
     assert R == pytest.approx([math.exp(-1.5), math.e])
     # TOFU's aggregates: forget mean min(R, 1/R); retain side mean max(0, 1 − R)
     assert metrics.truth_ratio_summary(R, forget_like=True) == pytest.approx((math.exp(-1.5) + 1 / math.e) / 2)
     assert metrics.truth_ratio_summary(R, forget_like=False) == pytest.approx((1 - math.exp(-1.5) + 0) / 2)
     # the geometric mean over perturbations, not the arithmetic one: e^(0.5 - mean(1, 3)) = e^-1.5
-    assert metrics.truth_ratios([[(0.5, True), (1.0, False), (3.0, False)]])[0] == pytest.approx(math.exp(-1.5))
+    assert metrics.truth_ratios([[S(0.5), S(1.0), S(3.0)]])[0] == pytest.approx(math.exp(-1.5))
     # and through a model: paraphrase [3, 4] is certain (L = 0), the perturbed [5, 6] impossible
     import data
     split = data.Encoded(qa=[([1, 2], [[3, 4], [5, 6]])], paraphrased=[([1, 2], [[3, 4], [3, 9], [7, 8]])])
@@ -203,13 +208,13 @@ def test_a_holdout_with_no_question_right_still_gives_a_passable_qa_threshold():
     t = metrics.stopping_thresholds([0.6, 0.8], [0.1, 0.3], n_forget=2, qa_hits=[0, 0, 0, 0], n_forget_qa=8)
     assert t["qa"] == pytest.approx(1.645 * math.sqrt(5 / 36) * math.sqrt(1 / 8 + 1 / 4)) and t["qa"] > 0
     # a question without wrong answers: no truth ratio for the set, rather than a NaN
-    assert metrics.truth_ratios([[(0.5, True), (1.0, False)], [(0.5, True)]]) is None
+    assert metrics.truth_ratios([[S(0.5), S(1.0)], [S(0.5)]]) is None
 
 
-def test_greedy_answer_survives_ids_past_the_tokenizer():
+def test_greedy_text_survives_ids_past_the_tokenizer():
     """The embedding is padded past the tokenizer's last id; an unlearned model may generate one."""
     import data
-    import unlearn
+    import evaluation
     enc = data.get_tokenizer()
     they, play = enc.encode_ordinary(" They")[0], enc.encode_ordinary(" play")[0]
 
@@ -218,4 +223,4 @@ def test_greedy_answer_survives_ids_past_the_tokenizer():
 
         def generate(self, x, n, temperature=0):
             return torch.cat([x, torch.tensor([[they, enc.n_vocab + 2, play, enc.eot_token, 3]])], 1)
-    assert unlearn.greedy_answer(Fake(), enc, [1, 2], "cpu") == "They<?> play"
+    assert evaluation.greedy_text(Fake(), enc, [1, 2], "cpu") == "They<?> play"

@@ -138,3 +138,41 @@ def test_unwritable_out_and_bad_rank_and_bad_checkpoint(base_dir, tmp_path):
         unlearn.main(["--base_dir", str(broken), "--out", str(tmp_path / "b")])
     with pytest.raises(SystemExit, match="no state.pt"):
         unlearn.main(["--resume", str(tmp_path / "nothing-here")])
+
+
+def test_a_bug_keeps_its_traceback_while_a_bad_input_is_one_line(base_dir, tmp_path, monkeypatch):
+    """Only the project's own error type (data.UserError: a bad flag, file or checkpoint) becomes a
+    one-line `error:`; any other exception is a bug, in this code or in a modified copy of it, and
+    reaches the user with its traceback."""
+    args = ["--base_dir", str(base_dir), "--out", str(tmp_path / "run"), "--device", "cpu"]
+
+    def buggy_build(cfg, log):
+        raise RuntimeError("a bug in someone's modified tasks.py")
+    monkeypatch.setattr(unlearn.tasks, "build", buggy_build)
+    with pytest.raises(RuntimeError, match="modified tasks.py"):
+        unlearn.main(args)
+    with pytest.raises(SystemExit, match=r"^error: --epochs must be > 0, got 0$"):
+        unlearn.main(args + ["--epochs", "0"])
+
+
+def test_cached_measurements_follow_the_checkpoints_and_the_code(tmp_path, monkeypatch):
+    """A measurement of the fixed models is reused only while the checkpoints and the code that
+    measures them are byte for byte what they were: edit either and it is taken again."""
+    import tasks
+    (tmp_path / "base.pt").write_bytes(b"base weights")
+    (tmp_path / "oracle.pt").write_bytes(b"oracle weights")
+    code = tmp_path / "metrics_copy.py"
+    code.write_text("def metric(): return 1\n")
+    monkeypatch.setattr(tasks, "MEASURING_CODE", (str(code),))
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return {"ma": 0.5 + len(calls)}
+    path = str(tmp_path / "start.json")
+    assert tasks.cached(path, measure) == {"ma": 1.5} and tasks.cached(path, measure) == {"ma": 1.5}
+    assert len(calls) == 1  # the second call read the file
+    code.write_text("def metric(): return 2\n")  # the measuring code changed
+    assert tasks.cached(path, measure) == {"ma": 2.5}
+    (tmp_path / "base.pt").write_bytes(b"retrained base weights")  # the checkpoint changed
+    assert tasks.cached(path, measure) == {"ma": 3.5} and len(calls) == 3
