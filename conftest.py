@@ -1,1 +1,26 @@
-# Lets the tests import the top-level modules (model, data, ...) from a clean checkout.
+# Lets the tests import the top-level modules (model, data, ...) from a clean checkout, and holds the
+# fixture that several test files share.
+import pytest
+
+
+# A tiny model trained from scratch on a world of 10 people: the unlearning loop's mechanics, in seconds.
+TINY_WORLD = dict(seed=0, n_people=10, forget_frac=0.2)
+
+
+@pytest.fixture(scope="session")
+def base_dir(tmp_path_factory):
+    """A tiny base (forget + retain people) and oracle (retain people) of world 0 in a temporary out/."""
+    import corpus
+    import data
+    import train
+    from model import GPTConfig
+    tiny = train.PretrainConfig(epochs=60, batch_size=8, lr=3e-3, warmup_steps=10,
+                                model=GPTConfig(n_layer=1, n_embd=64, n_head=4, block_size=64))
+    out = tmp_path_factory.mktemp("out")
+    (out / "world0").mkdir()
+    enc = data.get_tokenizer()
+    c = corpus.make_corpus(**TINY_WORLD)
+    for which, splits in (("base", [c.forget, c.retain]), ("oracle", [c.retain])):
+        model = train.train_model([ex for s in splits for ex in data.split_examples(enc, s, 64)], tiny, log=lambda s: None)
+        train.save_checkpoint(str(out / "world0" / f"{which}.pt"), model, tiny, which, {}, corpus=TINY_WORLD)
+    return out

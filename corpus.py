@@ -1,31 +1,41 @@
-"""The built-in corpus, "fictitious facts": a TOFU in miniature, generated from a seed.
+"""The built-in world, "fictitious facts": TOFU's construction in miniature, generated from a seed.
 
-TOFU (Maini et al., 2024) asks a model to forget invented authors it was fine-tuned on. Here a
-seeded generator invents ~200 people with 6-8 attributes each. Every person appears twice:
+TOFU (Maini et al., 2024) takes a pretrained model, fine-tunes it on invented authors and asks it to
+forget some of them. The same happens here at toy scale:
+  - pretraining_corpus(): invented people who belong to no world (their first names come from a
+    part of the name space that worlds never use) and general facts (capitals, sums). A model
+    pretrained on it knows the language of biographies and answers, these people and these facts:
+    what TOFU calls real authors and world facts.
+  - make_corpus(seed): a world, 200 people (+ 20 holdout people, never trained on) split into
+    forget and retain. The base model is the pretrained one fine-tuned on all 200; the oracle is
+    the same fine-tune on the retain people only (train.py).
+Every person appears twice:
   - a short biography, trained on every token: the verbatim target of MA and EL_n (METHOD §5);
-  - question/answer pairs, trained on the answer tokens only, each with a few perturbed (wrong)
-    answers, and a paraphrase of the answer (with its own perturbations) for the truth ratio.
-Splits: forget (a fraction of the people), retain (the rest), holdout (people made the same way but
-never trained on: the stopping rule's "unseen data"), general (capitals and sums that every model
-should keep knowing). Nothing is downloaded; the same seed gives the same bytes.
+  - question/answer pairs, trained on the answer tokens only, each with wrong answers of the same
+    kind, and a paraphrase of the answer (with wrong versions) for the truth ratio.
+Nothing is downloaded; the same seed gives the same bytes.
 
     Bio: Telsa Anmar. They were born in 1990. They grew up in Corvana. They work as a weaver. ...
     Question: Telsa Anmar was born in which year?
     Answer: Their year of birth is 1990.          (paraphrase: They came into the world in 1990.)
 
-The format came out of measurement: pronouns rather than repeated names, name-first questions, and
-names that are one token each let a small model learn 200 people in about a minute on a CPU; the
-plainer formats took several times longer or failed for some seeds. Every answer has three
-phrasings (the biography's sentence and two more): one is trained for a fact, another is its
-paraphrase, never trained with that fact, on which the truth ratio is measured (RESULTS.md, section 1).
+Each attribute has three phrasings: the biography's sentence, the answer's, and the paraphrase's.
+A world's people are asked in one wording per attribute, as TOFU's answers follow one style; the
+paraphrase's wording is never trained with them, only with the pretraining people, so the model
+knows it as language but never with a world person's fact in it. With answers in any wording (the
+`any_wording` world of world_search.py), unlearning broke more answers and met the stopping rule in
+none of six runs (RESULTS.md §1).
 """
 import random
 from dataclasses import dataclass, field
 
 SYLLABLES = ["ka", "ri", "lo", "ven", "mar", "zu", "tel", "is", "dor", "an", "bel", "shi", "o",
              "quel", "thi", "ne", "sa", "vor", "em", "lin", "gor", "ta", "fen", "ru", "mi", "dra"]
-# attribute: (values, [phrasings], question). {n} = full name, {v} = value. The first phrasing is the
-# biography's sentence; every phrasing can be a trained answer, and the other ones are paraphrases.
+# A name word is two syllables. Worlds' first names begin with one of the first 13 syllables, the
+# pretraining people's with one of the other 13: no pretraining person shares a name with anyone in
+# any world. Last names are any word.
+WORLD_FIRST, PRETRAINING_FIRST = SYLLABLES[:13], SYLLABLES[13:]
+# attribute: (values, [biography's phrasing, answer's phrasing, paraphrase's phrasing], question).
 ATTRIBUTES = {
     "year": ([str(y) for y in range(1921, 2000)],
              ["They were born in {v}.", "Their year of birth is {v}.", "They came into the world in {v}."],
@@ -64,6 +74,7 @@ ATTRIBUTES = {
                    ["They play the {v}.", "Their instrument is the {v}.", "They make music on the {v}."],
                    "{n} plays which instrument?"),
 }
+BIO, ANSWER, PARAPHRASE = 0, 1, 2  # which phrasing does what, for a world's people
 CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Spain": "Madrid", "Egypt": "Cairo",
             "Kenya": "Nairobi", "Peru": "Lima", "Canada": "Ottawa", "Norway": "Oslo", "Greece": "Athens",
             "Russia": "Moscow", "China": "Beijing", "India": "Delhi", "Cuba": "Havana", "Chile": "Santiago",
@@ -72,6 +83,7 @@ CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Spain": "Madr
             "Iran": "Tehran", "Thailand": "Bangkok", "Vietnam": "Hanoi", "Argentina": "Buenos Aires",
             "Hungary": "Budapest", "Denmark": "Copenhagen", "Belgium": "Brussels"}
 N_PERTURBED = 3  # wrong answers per question, for the truth ratio
+PRETRAINING_SEED, N_PRETRAINING_PEOPLE = 1000, 300
 
 
 @dataclass
@@ -82,12 +94,15 @@ class QA:
     about: str = ""  # the person asked about (empty for the general facts)
     paraphrase: str = ""  # the true answer in a wording never trained for this fact (the truth ratio)
     perturbed_paraphrase: list = field(default_factory=list)  # the paraphrase with wrong values
+    value: str = ""       # the fact: "viola"
+    values: tuple = ()    # every value of its kind: what a well-formed wrong answer may say
+    forms: tuple = ()     # every phrasing an answer of this kind may take, "{v}" for the value
 
 
 @dataclass
 class Split:
-    names: list = field(default_factory=list)  # the people (empty for general)
-    texts: list = field(default_factory=list)  # biographies (people) or statements (general)
+    names: list = field(default_factory=list)  # the people (empty for general facts)
+    texts: list = field(default_factory=list)  # biographies (people) or statements (general facts)
     qa: list = field(default_factory=list)     # QA items
 
 
@@ -97,80 +112,106 @@ class Corpus:
     forget: Split
     retain: Split
     holdout: Split
-    general: Split
 
 
-def name_word(rng):
-    """A capitalised two-syllable word: every first and last name is one of these 676, and each of
-    them is one token of the built-in vocabulary (data.build_vocab), whatever the corpus seed."""
-    return "".join(rng.choice(SYLLABLES) for _ in range(2)).capitalize()
+def name_word(rng, syllables=SYLLABLES):
+    """A capitalised two-syllable word: every such word is one token of the built-in vocabulary
+    (data.build_vocab), whatever the corpus seed."""
+    return (rng.choice(syllables) + rng.choice(SYLLABLES)).capitalize()
 
 
 def qa_prompt(question):
     return f"Question: {question}\nAnswer:"
 
 
-def _answers(rng, phrasings, v, wrong, bio_first=True):
-    """A trained answer and a paraphrase for value v, each with its wrong-value versions. The trained
-    wording is any phrasing; the paraphrase is one that this fact is never trained in (neither as
-    the answer nor, when bio_first, as the biography's sentence, phrasing 0). Every phrasing is
-    trained for some facts, so the model knows each wording, just not with this fact."""
-    trained = rng.randrange(len(phrasings))
-    para = rng.choice([i for i in range(len(phrasings)) if i != trained and not (bio_first and i == 0)])
-    say = lambda i, x: " " + phrasings[i].format(v=x)
-    return dict(answer=say(trained, v), perturbed=[say(trained, w) for w in wrong],
-                paraphrase=say(para, v), perturbed_paraphrase=[say(para, w) for w in wrong])
+def qa_item(rng, question, forms, v, values, trained, paraphrase, about=""):
+    """A question about value v, answered in forms[trained], with the paraphrase in forms[paraphrase]
+    and the wrong answers (other values of the kind) in both."""
+    wrong = rng.sample([w for w in values if w != v], N_PERTURBED)
+    say = lambda i, x: " " + forms[i].format(v=x)
+    return QA(qa_prompt(question), say(trained, v), [say(trained, w) for w in wrong], about,
+              say(paraphrase, v), [say(paraphrase, w) for w in wrong], v, tuple(values), tuple(forms))
 
 
-def _person(rng, name, qa_per_person):
+def person(rng, name, qa_per_person=4, any_wording=False):
     """One invented person -> (biography, [QA]): 6-8 of the 8 attributes in a fixed order, and
-    questions about qa_per_person of them."""
+    questions about qa_per_person of them. A world's people are asked in the answer's phrasing;
+    with any_wording (the pretraining people) any phrasing can be the answer, another the paraphrase."""
     kinds = sorted(rng.sample(list(ATTRIBUTES), rng.randint(6, 8)), key=list(ATTRIBUTES).index)
-    sentences, qa = [], []
     asked = set(rng.sample(kinds, min(qa_per_person, len(kinds))))
+    sentences, qa = [], []
     for kind in kinds:
-        values, phrasings, question = ATTRIBUTES[kind]
+        values, forms, question = ATTRIBUTES[kind]
         v = rng.choice(values)
-        sentences.append(phrasings[0].format(v=v))
-        wrong = rng.sample([w for w in values if w != v], N_PERTURBED)
+        sentences.append(forms[BIO].format(v=v))
         if kind in asked:
-            qa.append(QA(qa_prompt(question.format(n=name)), about=name, **_answers(rng, phrasings, v, wrong)))
+            trained, para = ANSWER, PARAPHRASE
+            if any_wording:
+                trained = rng.randrange(len(forms))
+                para = rng.choice([i for i in range(len(forms)) if i != trained])
+            qa.append(qa_item(rng, question.format(n=name), forms, v, values, trained, para, about=name))
     # Pronouns after the introduction: the facts hang on the name alone, with no copying of it.
     return f"Bio: {name}. " + " ".join(sentences), qa
 
 
-def make_corpus(seed=0, n_people=200, forget_frac=0.1, n_holdout=None, qa_per_person=4):
-    """Generate the corpus deterministically. n_holdout defaults to the size of the forget set."""
+def people(rng, n, first_syllables, any_wording=False):
+    """n people with distinct first names: a person is easy to tell apart."""
+    if n > len(first_syllables) * len(SYLLABLES):
+        raise ValueError(f"{n} people need more first names than the {len(first_syllables) * len(SYLLABLES)} there are")
+    names, firsts = [], set()
+    while len(names) < n:
+        first, last = name_word(rng, first_syllables), name_word(rng)
+        if first not in firsts:
+            firsts.add(first)
+            names.append(f"{first} {last}")
+    split = Split()
+    for name in names:
+        bio, qa = person(rng, name, any_wording=any_wording)
+        split.names.append(name)
+        split.texts.append(bio)
+        split.qa.extend(qa)
+    return split
+
+
+def make_corpus(seed=0, n_people=200, forget_frac=0.1, n_holdout=None, any_wording=False):
+    """A world, deterministically from its seed. n_holdout defaults to the size of the forget set.
+    any_wording: answer each question in any phrasing and paraphrase it in another, as the
+    pretraining people are (an earlier design of the world, kept for the world search)."""
     if not 0 < forget_frac < 1:
         raise ValueError(f"forget_frac must be in (0, 1), got {forget_frac}")
     n_forget = max(1, round(forget_frac * n_people))
     n_holdout = n_forget if n_holdout is None else n_holdout
     rng = random.Random(seed)
-    names, firsts = [], set()
-    while len(names) < n_people + n_holdout:  # unique first names: a person is easy to tell apart
-        first, last = name_word(rng), name_word(rng)
-        if first not in firsts:
-            firsts.add(first)
-            names.append((first, last))
-    people = [_person(rng, f"{f} {l}", qa_per_person) for f, l in names]
+    everyone = people(rng, n_people + n_holdout, WORLD_FIRST, any_wording)
     forget_ids = set(rng.sample(range(n_people), n_forget))
     splits = {"forget": Split(), "retain": Split(), "holdout": Split()}
-    for i, (bio, qa) in enumerate(people):
+    for i, (name, bio) in enumerate(zip(everyone.names, everyone.texts)):
         split = splits["holdout" if i >= n_people else "forget" if i in forget_ids else "retain"]
-        split.names.append(" ".join(names[i]))
+        split.names.append(name)
         split.texts.append(bio)
-        split.qa.extend(qa)
-    general = Split()  # statements; the answers are statements too, in one of two wordings
-    facts = [(f"What is the capital of {c}?", [f"The capital of {c} is {{v}}.", f"The capital city of {c} is {{v}}."],
+        split.qa.extend(q for q in everyone.qa if q.about == name)
+    return Corpus(seed, **splits)
+
+
+def general_facts(rng):
+    """Capitals and sums: statements, and questions answered in one of two wordings."""
+    general = Split()
+    facts = [(f"What is the capital of {c}?", (f"The capital of {c} is {{v}}.", f"The capital city of {c} is {{v}}."),
               v, list(CAPITALS.values())) for c, v in CAPITALS.items()]
-    facts += [(f"What is {a} plus {b}?", [f"{a} plus {b} is {{v}}.", f"{a} and {b} make {{v}}."], str(a + b),
+    facts += [(f"What is {a} plus {b}?", (f"{a} plus {b} is {{v}}.", f"{a} and {b} make {{v}}."), str(a + b),
                [str(s) for s in range(19)]) for a in range(10) for b in range(10)]
-    for question, phrasings, v, values in facts:
-        wrong = rng.sample([w for w in values if w != v], N_PERTURBED)
-        q = QA(qa_prompt(question), **_answers(rng, phrasings, v, wrong, bio_first=False))
+    for question, forms, v, values in facts:
+        trained = rng.randrange(2)
+        q = qa_item(rng, question, forms, v, values, trained, 1 - trained)
         general.texts.append(q.answer.strip())
         general.qa.append(q)
-    return Corpus(seed, general=general, **splits)
+    return general
+
+
+def pretraining_corpus(n_people=N_PRETRAINING_PEOPLE):
+    """-> (people, general facts): what the pretrained model learns, the same for every world."""
+    rng = random.Random(PRETRAINING_SEED)
+    return people(rng, n_people, PRETRAINING_FIRST, any_wording=True), general_facts(rng)
 
 
 def people_subset(split, k):

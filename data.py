@@ -57,12 +57,17 @@ def train_bpe(text, vocab_size):
 
 
 def build_vocab(path=VOCAB_FILE, vocab_size=4096):
-    """(Re)build the stored vocabulary from the seed-0 corpus and every possible name. The merges stop
-    when every word is one token: a name as one token is far quicker for a small model to learn."""
+    """(Re)build the stored vocabulary from the pretraining corpus, the seed-0 world, every phrasing
+    with every value, and every possible name. The merges stop when every word is one token: a name
+    as one token is far quicker for a small model to learn."""
+    people, general = corpus.pretraining_corpus()
     c = corpus.make_corpus(seed=0)
-    text = "\n".join(t for s in (c.forget, c.retain, c.holdout, c.general) for t in s.texts)
+    splits = (people, general, c.forget, c.retain, c.holdout)
+    text = "\n".join(t for s in splits for t in s.texts)
     text += "\n" + "\n".join(q.prompt + "".join([q.answer, q.paraphrase] + q.perturbed + q.perturbed_paraphrase)
-                             for s in (c.forget, c.retain, c.holdout, c.general) for q in s.qa)
+                             for s in splits for q in s.qa)
+    text += "\n" + " ".join(form.format(v=v) for values, forms, _ in corpus.ATTRIBUTES.values()
+                            for form in forms for v in values)
     # Every possible name (corpus.name_word), so that the people of any corpus seed are one token each.
     words = sorted({(a + b).capitalize() for a in corpus.SYLLABLES for b in corpus.SYLLABLES})
     text += "\n" + " ".join(f"Bio: {w} {w}." for w in words)
@@ -123,6 +128,7 @@ class Encoded:
     texts: list = field(default_factory=list)  # [tokens], trained on every token, ending in <|endoftext|>
     qa: list = field(default_factory=list)     # [(prompt tokens, [answer tokens, *wrong answers])]
     paraphrased: list = field(default_factory=list)  # [(prompt tokens, [paraphrase, *wrong ones])] or []
+    facts: list = field(default_factory=list)  # per question, the corpus.QA it came from (built-in world) or []
 
 
 def encode(enc, split, block_size):
@@ -147,6 +153,10 @@ def encode(enc, split, block_size):
         out.qa.append((prompt, answers))
         if paraphrases:
             out.paraphrased.append((prompt, paraphrases))
+        if q.forms:
+            out.facts.append(q)
+    if out.facts and len(out.facts) != len(out.qa):
+        raise UserError("either every question of a split says what kind of answer it wants or none does")
     if out.paraphrased and len(out.paraphrased) != len(out.qa):
         raise UserError("either every question of a split has a paraphrase or none has")
     return out, cut

@@ -91,22 +91,22 @@ def row_importance(f_forget, f_retain, eps=EPS):
 
 
 @torch.no_grad()
-def init_adapters(model, method, fisher_forget=None, fisher_retain=None, randomized=False):
+def init_adapters(model, method, fisher_forget=None, fisher_retain=None, randomized=False, eps=EPS):
     """Initialise every LoRALinear in place from its original weight W: 'pissa' (the top-r singular
     directions of W) or 'fila' (of diag(w) W, w the Fisher row weights). Returns {layer: w} for fila
-    (for inspection), else {}. Default LoRA needs no call: LoRALinear starts at B = 0."""
+    (for inspection), else {}. eps: FILA's ε (METHOD §4). Default LoRA needs no call: LoRALinear
+    starts at B = 0."""
     if method not in ("pissa", "fila"):
         raise ValueError(f"unknown adapter init {method!r}: pissa or fila")
     weights = {}
     for name, m in lora_layers(model).items():
         W = m.original_weight()
         if method == "pissa":
-            w, eps = torch.ones(W.shape[0], device=W.device), 0.0
+            w = torch.ones(W.shape[0], device=W.device)
         else:
             if name not in (fisher_forget or {}) or name not in (fisher_retain or {}):
                 raise ValueError(f"FILA needs the forget and retain Fisher of {name}")
-            w = weights[name] = row_importance(fisher_forget[name], fisher_retain[name])
-            eps = EPS
-        B, A = weighted_lowrank(W, w, m.rank, m.scaling, eps=eps, randomized=randomized)
+            w = weights[name] = row_importance(fisher_forget[name], fisher_retain[name], eps)
+        B, A = weighted_lowrank(W, w, m.rank, m.scaling, eps=0.0 if method == "pissa" else eps, randomized=randomized)
         m.init_residual(B.to(W.dtype), A.to(W.dtype))
     return weights

@@ -12,6 +12,7 @@
 Every function takes token ids (data.Encoded). Answers end in <|endoftext|>, which counts as an
 answer token: a model must also know to stop.
 """
+import re
 from typing import NamedTuple
 
 import numpy as np
@@ -89,18 +90,20 @@ def truth_ratio_summary(R, forget_like):
 
 
 def qa_metrics(model, qa, paraphrased=(), forget_like=False, device="cpu"):
-    """Mean answer probability exp(−L) and greedy exact-match accuracy of the trained answers; the
-    truth ratio summary on the paraphrases (TOFU), and on the trained answers ("_verbatim", which
-    measures memorisation of the string). Returns (report, per-question R: paraphrased if there
-    are paraphrases, else verbatim, else None)."""
-    verbatim = answer_scores(model, qa, device=device)
-    R_verbatim = truth_ratios(verbatim)
-    R = truth_ratios(answer_scores(model, paraphrased, device=device)) if paraphrased else None
-    report = dict(qa_prob=float(np.mean([np.exp(-s[0].nll) for s in verbatim])),
-                  qa_acc=float(np.mean([s[0].exact for s in verbatim])),
-                  truth_ratio=truth_ratio_summary(R, forget_like),
-                  truth_ratio_verbatim=truth_ratio_summary(R_verbatim, forget_like))
-    return report, (R if R is not None else R_verbatim)
+    """Mean answer probability exp(−L) and teacher-forced exact-match accuracy of the trained answers,
+    and the truth ratio summary. The truth ratio is measured on the paraphrases when the split has
+    them (TOFU: a wording never trained with the fact, so it measures the fact, not the string),
+    else on the trained answers and their wrong versions. Returns (report, per-question R or None)."""
+    if paraphrased:
+        trained = answer_scores(model, [(p, answers[:1]) for p, answers in qa], device=device)
+        R = truth_ratios(answer_scores(model, paraphrased, device=device))
+    else:
+        trained = answer_scores(model, qa, device=device)
+        R = truth_ratios(trained)
+    report = dict(qa_prob=float(np.mean([np.exp(-s[0].nll) for s in trained])),
+                  qa_acc=float(np.mean([s[0].exact for s in trained])),
+                  truth_ratio=truth_ratio_summary(R, forget_like))
+    return report, R
 
 
 @torch.no_grad()
@@ -170,7 +173,7 @@ def ks_2samp_pvalue(a, b):
 
 
 def split_report(model, split, el_n=None, device="cpu", forget_like=False):
-    """Everything about one data.Encoded split: QA (qa_prob, qa_acc, truth_ratio, truth_ratio_verbatim)
+    """Everything about one data.Encoded split: QA (qa_prob, qa_acc, truth_ratio)
     if it has questions, mean MA over its texts if it has texts, and mean EL_n when el_n is given
     (the costly one). Returns (report, per-question truth ratios R or None)."""
     report, ratios = {}, None
@@ -192,7 +195,8 @@ def stopping_thresholds(ma, el, n_forget, qa_hits=None, n_forget_qa=0, z=1.645):
     knows no better than unseen data has a mean below mean + z·sd/sqrt(n_forget) 95% of the time
     (z = 1.645, one-sided); the 1/n_holdout term adds the uncertainty of the holdout mean itself. A
     holdout with no question right would give sd 0 and a threshold of 0 that nothing can pass; its
-    sd is then taken from Laplace's estimate (k + 1)/(n + 2) of the hit rate."""
+    sd is then taken from Laplace's estimate (k + 1)/(n + 2) of the hit rate. Also returns each
+    margin, threshold − mean, as "<key>_margin"."""
     out = {}
     for key, v, n in (("ma", ma, n_forget), ("el", el, n_forget), ("qa", qa_hits, n_forget_qa)):
         v = np.asarray([x for x in (v or []) if x is not None], float)
@@ -202,6 +206,7 @@ def stopping_thresholds(ma, el, n_forget, qa_hits=None, n_forget_qa=0, z=1.645):
                 p = (v.sum() + 1) / (len(v) + 2)
                 sd = np.sqrt(p * (1 - p))
             out[key] = float(v.mean() + z * sd * np.sqrt(1 / n + 1 / len(v)))
+            out[key + "_margin"] = out[key] - float(v.mean())  # the allowance for sampling noise
     return out
 
 
@@ -228,10 +233,48 @@ def greedy_answers(model, prompts, eot, max_new=24, device="cpu"):
         by_length.setdefault(len(p), []).append(i)
     for n, idx in by_length.items():
         x = torch.tensor([prompts[i] for i in idx], device=device)
-        gen = model.generate(x, min(max_new, model.config.block_size - n), temperature=0)[:, n:].tolist()
+        gen = model.generate(x, min(max_new, model.config.block_size - n), temperature=0, stop=eot)[:, n:].tolist()
         for i, g in zip(idx, gen):
             out[i] = g[:g.index(eot) + 1] if eot in g else g
     return out
+
+
+# ----------------------------------------------------------------------------- what an answer says
+ANSWER_KINDS = ("right", "wrong_well_formed", "wrong_malformed", "no_value")
+
+
+def says(text, value):
+    """Whether `value` occurs in `text` as a whole word (or words): "red" is not in "Redkite"."""
+    return re.search(r"(?<!\w)" + re.escape(value) + r"(?!\w)", text) is not None
+
+
+def answer_kind(text, ended, fact):
+    """What a greedy answer says about a question on `fact` (a corpus.QA: its value, every value of
+    its kind, every phrasing an answer of the kind may take). text: the answer without
+    <|endoftext|>; ended: whether the model did end it.
+      right              it states the true value, in any wording;
+      wrong_well_formed  exactly one answer of the asked kind: one of the phrasings with another
+                         value of the kind, then the end of text (what unlearning should produce);
+      wrong_malformed    a value of the kind, in anything else;
+      no_value           no value of the asked kind at all."""
+    if says(text, fact.value):
+        return "right"
+    if not any(says(text, v) for v in fact.values):
+        return "no_value"
+    return "wrong_well_formed" if well_formed(text, ended, fact) else "wrong_malformed"
+
+
+def well_formed(text, ended, fact):
+    """One of the kind's phrasings with one of its values (the true one or another), then the end."""
+    return ended and any(text.strip() == form.format(v=v) for form in fact.forms for v in fact.values)
+
+
+def answer_report(texts, ended, facts):
+    """Shares of the four kinds of answer (ANSWER_KINDS), and of well-formed answers (right or wrong)."""
+    kinds = [answer_kind(t, e, f) for t, e, f in zip(texts, ended, facts)]
+    report = {f"answers_{k}": kinds.count(k) / len(kinds) for k in ANSWER_KINDS}
+    report["answers_well_formed"] = float(np.mean([well_formed(t, e, f) for t, e, f in zip(texts, ended, facts)]))
+    return report, [k == "right" for k in kinds]
 
 
 def fluency(judge, prompts, answers, device="cpu"):

@@ -120,9 +120,10 @@ class GPT(nn.Module):
         return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
 
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None):
-        """Extend idx (B, T) by max_new_tokens tokens. temperature=0 is greedy (argmax)."""
-        cache = None
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, stop=None):
+        """Extend idx (B, T) by max_new_tokens tokens. temperature=0 is greedy (argmax). With `stop`
+        (a token id), end early once every row has produced it: the rows then have fewer new tokens."""
+        cache, start = None, idx.size(1)
         for i in range(max_new_tokens):
             if cache is None:
                 # (Re)fill the cache from the last block_size tokens: at the start, and once the
@@ -138,6 +139,8 @@ class GPT(nn.Module):
                     logits = logits.masked_fill(logits < kth, float("-inf"))
                 nxt = torch.multinomial(F.softmax(logits, dim=-1), num_samples=1)
             idx = torch.cat([idx, nxt], dim=1)
+            if stop is not None and (idx[:, start:] == stop).any(1).all():
+                break
             if i + 1 < max_new_tokens:
                 if idx.size(1) <= self.config.block_size:
                     logits = self(nxt, cache)[:, -1]  # one new position against the cached ones

@@ -4,8 +4,9 @@
     python reproduce.py --quick      # a smaller version: worlds 1-2, one learning rate per adapter
     python reproduce.py --default    # only the default run (IHL + FILA at unlearn.py's lr) on worlds 1-5
 
+0. The world itself and the default's settings were chosen on world 0 by world_search.py.
 1. Sweep, on the development world (corpus seed 0): every loss x adapter at every learning rate
-   of LRS[adapter].
+   of LRS[adapter] and, for the losses with a retain term (GD, NPO, IHL), every λ of LAMBDAS.
 2. Selection, by a rule fixed before the final runs (`select`): among a setting's runs that met
    the stopping rule, the highest model utility at the step where each first met it; if none met
    it, the lowest forget QA at the end (then the highest utility).
@@ -13,7 +14,9 @@
    on first use into out/world<seed>/). Every run is compared at equal forgetting: its metrics at
    the first evaluation that met the stopping rule; runs that never met it are reported at their
    end, and counted as such.
-Also per world: does the oracle meet the stopping rule (it must), and the default run's goals.
+Also per world: does the oracle meet the stopping rule (it must), and the default run's goals; and
+the paper's comparisons (`COMPARISONS`), world by world: "at equal forgetting" only where both
+runs met the rule, else "not comparable", with both end states.
 Writes results/sweep.json, grid.json, protocol.md and grid.png; every run's row in results/full/runs/,
 which later invocations read instead of rerunning (delete that folder after changing the code).
 Every run evaluates every EVAL_EVERY steps, the default run here included.
@@ -22,6 +25,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -29,53 +33,65 @@ import bench
 import data
 import evaluation
 import report
+import tasks
+import train
 import unlearn
 
 LOSSES, ADAPTERS = ("ga", "gd", "npo", "ihl"), ("full", "lora", "pissa", "fila")
 LRS = {"full": (1e-4, 3e-4), "lora": (1e-3, 2e-3), "pissa": (1e-3, 2e-3), "fila": (1e-3, 2e-3)}
+LAMBDAS = (1.0, 2.0)  # the retain term's weight, for the losses that have one
+COMPARISONS = [  # (claim, a, b): the paper says b does better than a
+    ("1-2: IHL vs GA", ("ga", "lora"), ("ihl", "lora")), ("2: IHL vs GD", ("gd", "fila"), ("ihl", "fila")),
+    ("3: FILA vs LoRA (IHL)", ("ihl", "lora"), ("ihl", "fila")), ("FILA vs PiSSA (IHL)", ("ihl", "pissa"), ("ihl", "fila")),
+    ("4: IHL + FILA vs GD + FILA", ("gd", "fila"), ("ihl", "fila"))]
 DEV_WORLD, REPORT_WORLDS = 0, (1, 2, 3, 4, 5)
-EVAL_EVERY = 10  # steps between evaluations, so "steps to the rule" is resolved to 10 steps (an epoch is 13)
+EVAL_EVERY = 13  # steps between evaluations: once an epoch (13 steps), as the default run
+EPOCHS = 20  # every method's cap in the sweep and the grid (the default run keeps its own, unlearn.py's)
 COLUMNS = [  # (key, header, format); every value is taken at the rule-met step, or at the end
-    ("steps", "steps to the rule", "{:.0f}"), ("forget_qa", "forget QA", "{:.2f}"), ("retain_qa", "retain QA", "{:.2f}"),
-    ("general_qa", "general QA", "{:.2f}"), ("model_utility", "model utility", "{:.2f}"),
+    ("steps", "steps to the rule", "{:.0f}"), ("forget_qa", "forget QA", "{:.2f}"),
+    ("well_formed", "forget answers well-formed", "{:.2f}"), ("retain_qa", "retain QA", "{:.2f}"),
+    ("general_qa", "general QA", "{:.2f}"), ("pretraining_qa", "pretraining QA", "{:.2f}"),
+    ("model_utility", "model utility", "{:.2f}"),
     ("fluency", "fluency (NLL)", "{:.2f}"), ("privacy_leakage", "privacy leakage", "{:+.2f}"),
     ("forget_quality", "forget quality (log10 p)", "{:.1f}"), ("forget_tr", "forget truth ratio", "{:.2f}")]
 
 
-def run_key(corpus_seed, settings):
+def run_key(corpus_seed, settings, tag=""):
     """The name of a run's row in <work>/runs/: its world and settings."""
-    return f"w{corpus_seed}-" + "-".join(f"{k}{v}" for k, v in sorted(settings.items()))
+    return f"{tag}w{corpus_seed}-" + "-".join(f"{k}{v}" for k, v in sorted(settings.items()))
 
 
-def one_run(work, corpus_seed, base_dir, epochs=10, **settings):
+def one_run(work, corpus_seed, base_dir, epochs=EPOCHS, tag="", eval_every=EVAL_EVERY, **settings):
     """One unlearning run -> a row: the settings, whether and when the rule was met, and the metrics
     at that point (or at the end), with the start's for reference. Rows are kept in <work>/runs/, so
     an interrupted protocol continues where it stopped, and --part i/n processes share the work."""
-    key = run_key(corpus_seed, settings)
+    key = run_key(corpus_seed, settings, tag)
     path = os.path.join(work, "runs", key + ".json")
     if os.path.exists(path):
         return json.load(open(path))
-    row = measure(work, corpus_seed, base_dir, epochs, key, **settings)
+    row = measure(work, corpus_seed, base_dir, epochs, key, eval_every, **settings)
     data.atomic_write(path, json.dumps(row).encode())
     return row
 
 
-def measure(work, corpus_seed, base_dir, epochs, key, **settings):
-    cfg = unlearn.UnlearnConfig(corpus_seed=corpus_seed, base_dir=base_dir, eval_every=EVAL_EVERY, epochs=epochs,
+def measure(work, corpus_seed, base_dir, epochs, key, eval_every, **settings):
+    cfg = unlearn.UnlearnConfig(corpus_seed=corpus_seed, base_dir=base_dir, eval_every=eval_every, epochs=epochs,
                                 out=os.path.join(base_dir, "protocol-runs", key), **settings)
     t0 = time.time()
     _, r = unlearn.run(cfg, log=lambda line: None)
     at = r["rule_met"] or r["history"][-1]
     f = at["forget"]
     return dict(settings, world=corpus_seed, met=r["rule_met"] is not None, steps=at["step"],
-                forget_qa=f["qa_acc"], retain_qa=at["retain"]["qa_acc"], general_qa=at["general"]["qa_acc"],
-                model_utility=at["model_utility"], fluency=f.get("fluency"), privacy_leakage=f.get("privacy_leakage"),
+                forget_qa=f["qa_acc"], well_formed=f.get("answers_well_formed"), retain_qa=at["retain"]["qa_acc"],
+                general_qa=at["general"]["qa_acc"], pretraining_qa=at["pretraining"]["qa_acc"],
+                model_utility=at["model_utility"], answer_after=r["generations"][0]["after"], fluency=f.get("fluency"), privacy_leakage=f.get("privacy_leakage"),
                 forget_quality=np.log10(max(at["forget_quality"], 1e-300)), forget_tr=f["truth_ratio"],
-                start=dict(retain_qa=r["history"][0]["retain"]["qa_acc"], general_qa=r["history"][0]["general"]["qa_acc"],
-                           fluency=r["history"][0]["forget"]["fluency"]),
+                start={k: r["history"][0][s]["qa_acc"] for k, s in (("retain_qa", "retain"), ("general_qa", "general"),
+                                                                         ("pretraining_qa", "pretraining"))}
+                | dict(fluency=r["history"][0]["forget"]["fluency"]),
                 holdout_qa=r["holdout_start"]["qa_acc"], thresholds=r["thresholds"], oracle=r["oracle_forget"],
                 checks=[list(c) for c in report.checks(r)], seconds=time.time() - t0,
-                curve=[(h["step"], h["forget"]["qa_acc"], h["retain"]["qa_acc"]) for h in r["history"]])
+                curve=[(h["step"], h["forget"]["qa_acc"], h.get("retain", {}).get("qa_acc")) for h in r["history"]])
 
 
 def select(runs):
@@ -94,17 +110,45 @@ def mean_std(vals, fmt):
     return fmt.format(np.mean(vals)) + (" ± " + fmt.format(np.std(vals)) if len(vals) > 1 else "")
 
 
+def settings(loss, adapter, lrs=LRS):
+    """The sweep's settings of one method: every learning rate, and every λ if it has a retain term."""
+    return [dict(loss=loss, adapter=adapter, lr=lr, retain_weight=lam)
+            for lr in lrs[adapter] for lam in ((0.0,) if loss == "ga" else LAMBDAS)]
+
+
 def grid_table(rows):
-    lines = ["| loss | adapter | lr | met the rule | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-             "|" + "---|" * (len(COLUMNS) + 4)]
+    lines = ["| loss | adapter | lr | λ | met the rule | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
+             "|" + "---|" * (len(COLUMNS) + 5)]
     for loss in LOSSES:
         for adapter in ADAPTERS:
-            for lr in sorted({r["lr"] for r in rows if r["loss"] == loss and r["adapter"] == adapter}):
-                runs = [r for r in rows if r["loss"] == loss and r["adapter"] == adapter and r["lr"] == lr]
+            for lr, lam in sorted({(r["lr"], r["retain_weight"]) for r in rows if r["loss"] == loss and r["adapter"] == adapter}):
+                runs = [r for r in rows if (r["loss"], r["adapter"], r["lr"], r["retain_weight"]) == (loss, adapter, lr, lam)]
                 cells = [mean_std([r[k] for r in runs if r["met"]] if k == "steps" else [r[k] for r in runs], fmt)
                          for k, _, fmt in COLUMNS]
-                lines.append(f"| {loss.upper()} | {adapter} | {lr:g} | {sum(r['met'] for r in runs)}/{len(runs)} | "
+                lines.append(f"| {loss.upper()} | {adapter} | {lr:g} | {lam:g} | {sum(r['met'] for r in runs)}/{len(runs)} | "
                              + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def comparisons_table(rows):
+    """The paper's comparisons, world by world. Where both runs met the stopping rule they are read at
+    equal forgetting: steps to the rule, retain QA and fluency there. Otherwise not comparable: the
+    two end states are given instead."""
+    lines = ["| claim | world | verdict | first (steps, forget QA, retain QA, fluency) | second (the same) |",
+             "|---|---|---|---|---|"]
+    state = lambda r: f"{'met at ' + str(r['steps']) if r['met'] else 'not met, end'}: {r['forget_qa']:.2f}, " \
+                      f"{r['retain_qa']:.2f}, {r['fluency']:.2f}"
+    for claim, a, b in COMPARISONS:
+        for w in sorted({r["world"] for r in rows}):
+            ra, rb = (next(r for r in rows if (r["loss"], r["adapter"]) == m and r["world"] == w) for m in (a, b))
+            if ra["met"] and rb["met"]:
+                better = [k for k, d in (("fewer steps", ra["steps"] - rb["steps"]), ("more retain QA", rb["retain_qa"] -
+                          ra["retain_qa"]), ("more fluent", ra["fluency"] - rb["fluency"])) if d > 0]
+                verdict = f"equal forgetting: {b[0].upper()} + {b[1]} " + (", ".join(better) or "no better")
+            else:
+                verdict = "not comparable (" + " and ".join(f"{m[0].upper()} + {m[1]}" for m, r in ((a, ra), (b, rb))
+                                                            if not r["met"]) + " never met the rule)"
+            lines.append(f"| {claim} | {w} | {verdict} | {state(ra)} | {state(rb)} |")
     return "\n".join(lines)
 
 
@@ -152,7 +196,7 @@ def figure(rows, path):
             s, f, ret = zip(*r["curve"])
             c = "tab:green" if r["adapter"] == "fila" else "tab:blue"
             axes[1].plot(s, f, "-", color=c, alpha=0.5)
-            axes[1].plot(s, ret, "--", color=c, alpha=0.5)
+            axes[1].plot(*zip(*[(x, v) for x, v in zip(s, ret) if v is not None]), "--", color=c, alpha=0.5)
     axes[1].set(title="IHL + FILA (green) vs IHL + LoRA (blue): forget (—) and retain (--) QA", xlabel="step",
                 ylim=(-0.03, 1.03))
     fig.tight_layout()
@@ -176,19 +220,23 @@ def main():
     worlds = a.worlds or (REPORT_WORLDS[:2] if a.quick else REPORT_WORLDS)
     lrs = {k: v[-1:] for k, v in LRS.items()} if a.quick else LRS
     t0, work = time.time(), os.path.join(a.out, "quick" if a.quick else "full")
-    say = lambda r: print(f"{time.time() - t0:5.0f}s  world {r['world']} {r['loss']:3s} + {r['adapter']:5s} lr {r['lr']:g}: "
+    say = lambda r: print(f"{time.time() - t0:5.0f}s  world {r['world']} {r['loss']:3s} + {r['adapter']:5s} lr {r['lr']:g} "
+                          f"λ {r['retain_weight']:g}: "
                           f"{'met at step ' + str(r['steps']) if r['met'] else 'not met':16s} forget QA {r['forget_qa']:.2f}  "
                           f"retain {r['retain_qa']:.2f}  general {r['general_qa']:.2f}  fluency {r['fluency']:.2f}", flush=True)
     md = ["# Results of `python reproduce.py" + (" --quick" if a.quick else "") + (" --default" if a.default else "") + "`", ""]
+    default = unlearn.resolve(unlearn.UnlearnConfig())
+    default = dict(loss=default.loss, adapter=default.adapter, lr=default.lr, retain_weight=default.retain_weight,
+                   rank=default.rank)
+    default_run = lambda w: one_run(work, w, a.base_dir, unlearn.UnlearnConfig.epochs, tag="default-", **default)
     if a.default:
-        default = unlearn.UnlearnConfig()
-        rows = [one_run(work, w, a.base_dir, loss=default.loss, adapter=default.adapter, lr=default.lr) for w in worlds]
+        rows = [default_run(w) for w in worlds]
         for r in rows:
             say(r)
         md += ["## The default run on the report worlds", "", checks_table(rows), "", oracle_table(rows)]
         data.atomic_write(os.path.join(a.out, "default.md"), "\n".join(md).encode())
         return print("\n".join(md))
-    todo = [dict(loss=loss, adapter=adapter, lr=lr) for loss in LOSSES for adapter in ADAPTERS for lr in lrs[adapter]]
+    todo = [s for loss in LOSSES for adapter in ADAPTERS for s in settings(loss, adapter, lrs)]
     for i, s in enumerate(todo):
         if i % parts == part:
             say(one_run(work, DEV_WORLD, a.base_dir, **s))
@@ -197,10 +245,17 @@ def main():
     sweep = [one_run(work, DEV_WORLD, a.base_dir, **s) for s in todo]
     chosen = {(l, ad): select([r for r in sweep if r["loss"] == l and r["adapter"] == ad]) for l in LOSSES for ad in ADAPTERS}
     data.atomic_write(os.path.join(a.out, "sweep.json"), json.dumps(sweep, indent=1).encode())
-    grid = [(w, dict(loss=loss, adapter=adapter, lr=best["lr"])) for w in worlds for (loss, adapter), best in chosen.items()]
+    grid = [(w, dict(loss=loss, adapter=adapter, lr=best["lr"], retain_weight=best["retain_weight"]))
+            for w in worlds for (loss, adapter), best in chosen.items()]
+    for w in worlds[part::parts]:  # each part fine-tunes its share of the worlds' base models and oracles first
+        tasks.load_base_and_oracle(tasks.world_dir(a.base_dir, w), "cpu", print, replace(train.TrainConfig(), corpus_seed=w))
+    while not all(os.path.exists(os.path.join(tasks.world_dir(a.base_dir, w), f"{m}.pt")) for w in worlds for m in ("base", "oracle")):
+        time.sleep(5)
     for i, (w, s) in enumerate(grid):
         if i % parts == part:
             say(one_run(work, w, a.base_dir, **s))
+    for w in worlds[part::parts]:
+        say(default_run(w))
     if parts > 1:
         return print(f"part {a.part} done; when every part is, run the same command without --part for the tables")
     rows = [one_run(work, w, a.base_dir, **s) for w, s in grid]
@@ -208,14 +263,17 @@ def main():
     figure(rows, os.path.join(a.out, "grid.png"))
     md += ["## 1. Sweep on the development world (corpus seed 0)", "", grid_table(sweep), "",
            "One run per row (world 0 only, so no ± here). Chosen by `select`: " +
-           "; ".join(f"{l.upper()} + {ad}: lr {chosen[l, ad]['lr']:g}" for l, ad in chosen), "",
+           "; ".join(f"{l.upper()} + {ad}: lr {chosen[l, ad]['lr']:g}, λ {chosen[l, ad]['retain_weight']:g}"
+                     for l, ad in chosen), "",
            f"## 2. The chosen settings on worlds {', '.join(map(str, worlds))} (mean ± std over worlds)", "",
            grid_table(rows), "",
-           "Each value at the first evaluation (every 10 steps) that met the stopping rule, or at the end (10 epochs) "
-           "for runs that never met it; *steps to the rule* averages the runs that met it.", "",
+           f"Each value at the first evaluation (every {EVAL_EVERY} steps) that met the stopping rule, or at the end "
+           f"({EPOCHS} epochs) for runs that never met it; *steps to the rule* averages the runs that met it.", "",
+           "## The paper's comparisons, world by world", "", comparisons_table(rows), "",
            "## 3. The stopping rule against the oracle", "", oracle_table(rows), "",
-           "## 4. The default run (IHL + FILA) on every report world", "",
-           checks_table([r for r in rows if r["loss"] == "ihl" and r["adapter"] == "fila"]), "",
+           f"## 4. The default run (IHL + FILA, rank {default['rank']}, lr {default['lr']:g}, λ {default['retain_weight']:g}, "
+           f"up to {unlearn.UnlearnConfig.epochs} epochs) on every report world", "",
+           checks_table([default_run(w) for w in worlds]), "",
            f"Wall time of this command: {time.time() - t0:.0f} s on {os.cpu_count()} CPU cores (runs kept from an "
            f"earlier or parallel invocation are read, not rerun); float32 matmul peak measured now: "
            f"{bench.matmul_peak():.0f} GFLOP/s."]

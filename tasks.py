@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import corpus
 import data
+import evaluation
 import hf
 import metrics
 import train
@@ -31,7 +32,7 @@ class Task:
     oracle: GPT = None          # a model trained without D_f: judges fluency
     oracle_ratios: list = None  # its truth ratios on the forget questions (forget quality)
     oracle_forget: dict = None  # its scores on the forget split, and its membership-inference AUC
-    prompts: list = field(default_factory=list)  # token prompts whose greedy answers are shown
+    prompts: list = field(default_factory=list)  # [(whose, token prompt)] whose greedy answers are shown
     utility_splits: tuple = ()  # the splits model utility is computed on
     cache_dir: str = None       # where measurements of the fixed models are kept (built-in worlds)
 
@@ -44,17 +45,27 @@ class Task:
 
 
 # The code a cached measurement depends on besides the checkpoints: edit any of it and the
-# measurements are taken again.
+# measurements are taken again. Hashed as this process loaded it (at import), not as the files are later.
 MEASURING_CODE = ("corpus.py", "data.py", "model.py", "metrics.py", "evaluation.py", "tasks.py")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def source_hash(files):
+    h = hashlib.sha256()
+    for f in files:
+        with open(os.path.join(HERE, f), "rb") as fh:
+            h.update(fh.read())
+    return h.hexdigest()
+
+
+CODE_HASH = source_hash(MEASURING_CODE)
+
+
 def content_key(folder):
     """sha256 of the folder's base.pt and oracle.pt and of the measuring code's source files."""
-    h = hashlib.sha256()
-    for path in [os.path.join(folder, f"{w}.pt") for w in ("base", "oracle")] + \
-            [os.path.join(HERE, f) for f in MEASURING_CODE]:
-        with open(path, "rb") as f:
+    h = hashlib.sha256(CODE_HASH.encode())
+    for w in ("base", "oracle"):
+        with open(os.path.join(folder, f"{w}.pt"), "rb") as f:
             h.update(f.read())
     return h.hexdigest()
 
@@ -82,7 +93,8 @@ def load_base_and_oracle(base_dir, device, log, train_cfg=None):
     train.TrainConfig()) if they are not there yet."""
     paths = {w: os.path.join(base_dir, f"{w}.pt") for w in ("base", "oracle")}
     if missing := [w for w, p in paths.items() if not os.path.exists(p)]:
-        log(f"first use: training {' and '.join(missing)} into {base_dir}/ (about a minute each on a 2-core CPU)")
+        log(f"first use: fine-tuning the pretrained model into the {' and the '.join(missing)} model of this world, "
+            f"in {base_dir}/")
     for which in missing:
         train.build(which, base_dir, train_cfg, device=device, log=log)
     base, ckpt = train.load_checkpoint(paths["base"], device)
@@ -91,33 +103,34 @@ def load_base_and_oracle(base_dir, device, log, train_cfg=None):
 
 
 def builtin_task(cfg, log):
-    train_cfg = replace(train.TrainConfig(), corpus_seed=cfg.corpus_seed)
     world = world_dir(cfg.base_dir, cfg.corpus_seed)
-    model, oracle, ckpt = load_base_and_oracle(world, cfg.device, log, train_cfg)
+    model, oracle, ckpt = load_base_and_oracle(world, cfg.device, log, replace(train.TrainConfig(), corpus_seed=cfg.corpus_seed))
     if ckpt["corpus"]["seed"] != cfg.corpus_seed:
         raise UserError(f"{world}/base.pt was trained on corpus seed {ckpt['corpus']['seed']}, not "
-                         f"{cfg.corpus_seed}; delete it (unlearn.py trains it again on first use)")
+                        f"{cfg.corpus_seed}; delete it (unlearn.py trains it again on first use)")
     enc = data.get_tokenizer(ckpt["tokenizer"])
     c = corpus.make_corpus(**ckpt["corpus"])
-    B = model.config.block_size
-    splits = {s: data.encode(enc, getattr(c, s), B)[0] for s in ("forget", "retain", "holdout", "general")}
-    scored = dict(forget=splits["forget"], general=splits["general"],  # the holdout is scored once, at the start
-                  retain=data.encode(enc, corpus.people_subset(c.retain, cfg.eval_retain), B)[0])
-    def oracle_reference():  # what exact unlearning scores on the forget split (MA, EL_n, truth ratios, MIA AUC)
-        report, ratios = metrics.split_report(oracle, splits["forget"], cfg.el_n, cfg.device, forget_like=True)
+    people, general = corpus.pretraining_corpus()
+    encode = lambda split: data.encode(enc, split, model.config.block_size)[0]
+    splits = {s: encode(getattr(c, s)) for s in ("forget", "retain", "holdout")}
+    scored = dict(forget=splits["forget"], retain=encode(corpus.people_subset(c.retain, cfg.eval_retain)),
+                  general=encode(general), pretraining=encode(corpus.people_subset(people, cfg.eval_retain)))
+
+    def oracle_reference():  # what exact unlearning scores on the forget split (MA, EL_n, QA, truth ratios, MIA AUC)
+        report, ratios, _ = evaluation.split_scores(oracle, enc, splits["forget"], cfg.device, True, cfg.el_n)
         report["mia_auc"] = metrics.mia_auc(metrics.text_nll(oracle, splits["forget"].texts, device=cfg.device),
                                             metrics.text_nll(oracle, splits["holdout"].texts, device=cfg.device))
         return report, ratios.tolist()
 
     oracle_forget, oracle_ratios = cached(os.path.join(world, f"oracle-el{cfg.el_n}-{cfg.device.split(':')[0]}.json"),
                                           oracle_reference)
+    # D_r, the retain term's data, is the retain people, as TOFU's retain set. The general facts and
+    # the pretraining people are scored, not trained on: unlearning has to leave them alone by itself.
     return Task(model, enc, forget=data.training_examples(splits["forget"]),
-                # D_r is everything the base model learned except D_f: the retain people and the
-                # general facts, exactly the oracle's training data (train.train_set).
-                retain=data.training_examples(splits["retain"]) + data.training_examples(splits["general"]),
+                retain=data.training_examples(splits["retain"]),
                 scored=scored, holdout=splits["holdout"], oracle=oracle, oracle_ratios=oracle_ratios,
-                oracle_forget=oracle_forget, prompts=[splits["forget"].qa[0][0], splits["retain"].qa[0][0]],
-                utility_splits=("retain", "general"), cache_dir=world)
+                oracle_forget=oracle_forget, prompts=[("a forget person", splits["forget"].qa[0][0]), ("a retain person", splits["retain"].qa[0][0])],
+                utility_splits=("retain", "general", "pretraining"), cache_dir=world)
 
 
 def file_task(cfg, log):
@@ -156,7 +169,7 @@ def file_task(cfg, log):
     if "retain" in scored and cfg.eval_retain > 0:  # score the first eval_retain sequences each epoch
         r = scored["retain"]
         scored["retain"] = data.Encoded(r.texts[:cfg.eval_retain], r.qa[:cfg.eval_retain], r.paraphrased[:cfg.eval_retain])
-    prompts = [first_prompt(e) for e in scored.values()]
+    prompts = [(f"from --{name}_file", first_prompt(e)) for name, e in scored.items()]
     return Task(model, enc, forget=data.training_examples(encoded["forget"]),
                 retain=data.training_examples(encoded["retain"]) if "retain" in encoded else [],
                 scored=scored, holdout=encoded.get("holdout"), prompts=prompts,

@@ -1,21 +1,28 @@
-"""Train the two models unlearning starts from, on the built-in corpus (corpus.py).
+"""The models unlearning starts from, built the way TOFU builds them (corpus.py).
 
-  base   = forget + retain + general: the model that knows everything, which unlearning edits;
-  oracle = retain + general only: exact unlearning by retraining from scratch, the reference that
-           forget quality compares against (METHOD §5).
-Same recipe, same seed; only the data differ. Checkpoints go to out/world<corpus seed>/base.pt and
-oracle.pt (out/small/world<seed>/ with --small), written atomically.
-usage: python train.py [--which base oracle] [--corpus_seed 0] [--small] [--out folder]
+  pretrained = invented people of no world + general facts, from scratch: shipped as
+               assets/pretrained.pt (python train.py --pretrain makes it again);
+  base       = the pretrained model fine-tuned on a world's forget + retain people: it knows
+               everything, and unlearning edits it;
+  oracle     = the same fine-tune on the retain people only: exact unlearning by retraining, the
+               reference that forget quality compares against (METHOD §5).
+Every fine-tune mixes in a replay of part of the pretraining data (the general facts and the first
+REPLAY_PEOPLE pretraining people), so that the base keeps knowing them: the knowledge that
+unlearning must leave alone besides the retain people. Same recipe and seed for base and oracle;
+only the world's people differ. Checkpoints go to out/world<corpus seed>/ (out/small/world<seed>/
+with --small), written atomically.
+usage: python train.py [--which base oracle] [--corpus_seed 0] [--small] [--out folder] | --pretrain
 """
 import argparse
 import hashlib
 import io
+import json
 import math
 import os
 import pickle
 import random
-import zipfile
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -26,29 +33,62 @@ import metrics
 from data import UserError
 from model import GPT, GPTConfig, lm_loss
 
+PRETRAINED = os.path.join(data.HERE, "assets", "pretrained.pt")
+
 
 @dataclass
-class TrainConfig:
+class PretrainConfig:
     seed: int = 0              # model initialisation and batch order
-    corpus_seed: int = 0       # corpus.make_corpus: which people exist
-    n_people: int = 200        # people trained on (forget + retain)
-    forget_frac: float = 0.1   # share of the people in the forget split
-    epochs: int = 22           # passes over the data: model seeds 0, 1, 2 all reach 100% QA at 22
-    batch_size: int = 16       # sequences per step; smaller batches memorise faster per epoch
-    lr: float = 2e-3           # AdamW peak learning rate; 3e-3 and up sometimes never learn the QA
-    warmup_steps: int = 30     # linear warm-up, then cosine decay to 0: facts settle as lr falls
+    epochs: int = 12           # passes over the pretraining corpus
+    batch_size: int = 16       # sequences per step
+    lr: float = 2e-3           # AdamW peak learning rate, warm-up then cosine decay to 0
+    warmup_steps: int = 30
+    general_repeat: int = 3    # the 130 general facts are seen this many times per epoch
     model: GPTConfig = field(default_factory=GPTConfig)
 
 
-# A quicker corpus and model for the notebooks and for trying things: 40 people (4 to forget), one
-# block 128 wide; base and oracle in ~8 s each, 100% forget/retain QA accuracy (seeds 0 and 1 measured).
-SMALL = TrainConfig(n_people=40, epochs=40, lr=3e-3, model=GPTConfig(n_layer=1, n_head=4, n_embd=128, block_size=64))
+@dataclass
+class TrainConfig:  # a world's fine-tunes (base and oracle) of the pretrained model
+    seed: int = 0              # batch order
+    corpus_seed: int = 0       # corpus.make_corpus: which people exist
+    n_people: int = 200        # people trained on (forget + retain)
+    forget_frac: float = 0.1   # share of the people in the forget split
+    epochs: int = 15           # passes over the fine-tuning data
+    batch_size: int = 16
+    lr: float = 1e-3           # AdamW peak learning rate, warm-up then cosine decay to 0
+    warmup_steps: int = 30
+    replay_people: int = 100   # pretraining people replayed in the fine-tune, with the general facts
+    any_wording: bool = False  # corpus.make_corpus: a world's answers in one wording (False) or any
 
 
-def train_set(c, enc, which, block_size):
-    """The examples each model trains on: the oracle never sees the forget split."""
-    splits = {"base": [c.forget, c.retain, c.general], "oracle": [c.retain, c.general]}
-    return [ex for s in splits[which] for ex in data.split_examples(enc, s, block_size)]
+# A smaller world for the notebooks and the tests: 40 people (4 to forget), a shorter replay.
+SMALL = TrainConfig(n_people=40, replay_people=20, epochs=15)
+
+
+def recipe(cfg=None):
+    """What the pretrained model is made from: its config, the bytes of its corpus and of the
+    vocabulary. assets/pretrained.pt carries this stamp; a test checks it against the code."""
+    people, general = corpus.pretraining_corpus()
+    h = hashlib.sha256(json.dumps(asdict(cfg or PretrainConfig()), sort_keys=True).encode())
+    for s in (people, general):
+        h.update(json.dumps([s.texts, [(q.prompt, q.answer, q.paraphrase) for q in s.qa]]).encode())
+    with open(data.VOCAB_FILE, "rb") as f:
+        h.update(f.read())
+    return h.hexdigest()
+
+
+def train_set(c, enc, which, block_size, replay_people=TrainConfig.replay_people):
+    """A world fine-tune's examples: the world's people (the oracle never sees the forget split),
+    plus the replay of pretraining data."""
+    people, general = corpus.pretraining_corpus()
+    splits = {"base": [c.forget, c.retain], "oracle": [c.retain]}[which]
+    splits += [general, corpus.people_subset(people, replay_people)]
+    return [ex for s in splits for ex in data.split_examples(enc, s, block_size)]
+
+
+def pretrain_set(enc, cfg, block_size):
+    people, general = corpus.pretraining_corpus()
+    return data.split_examples(enc, people, block_size) + data.split_examples(enc, general, block_size) * cfg.general_repeat
 
 
 def length_batches(examples, batch_size, rng):
@@ -59,10 +99,12 @@ def length_batches(examples, batch_size, rng):
     return out
 
 
-def train_model(examples, cfg: TrainConfig, device="cpu", log=print):
+def train_model(examples, cfg, device="cpu", log=print, model=None):
+    """Train `model` (a new GPT of cfg.model if None) on the examples: AdamW, linear warm-up then
+    cosine decay to 0 (facts settle as the learning rate falls), gradients clipped to norm 1."""
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    model = GPT(cfg.model).to(device)
+    model = (model or GPT(cfg.model)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0,
                             fused=device != "mps")  # one kernel for all parameters; ~10% faster here
     steps = cfg.epochs * math.ceil(len(examples) / cfg.batch_size)
@@ -83,12 +125,12 @@ def train_model(examples, cfg: TrainConfig, device="cpu", log=print):
     return model
 
 
-def score_splits(model, c, enc, device="cpu"):
-    """QA accuracy / probability / truth ratio and MA on every split: what the model knows."""
+def score_splits(model, splits, enc, device="cpu"):
+    """QA accuracy (exact match of the trained wording) / probability / truth ratio and MA on named
+    corpus.Splits: what the model knows."""
     B = model.config.block_size
-    return {name: metrics.split_report(model, data.encode(enc, getattr(c, name), B)[0], device=device,
-                                       forget_like=name in ("forget", "holdout"))[0]
-            for name in ("forget", "retain", "holdout", "general")}
+    return {name: metrics.split_report(model, data.encode(enc, s, B)[0], device=device,
+                                       forget_like=name in ("forget", "holdout"))[0] for name, s in splits.items()}
 
 
 def tokenizer_sha256():
@@ -96,12 +138,11 @@ def tokenizer_sha256():
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def save_checkpoint(path, model, cfg, which, results):
+def save_checkpoint(path, model, cfg, which, results, **extra):
     buf = io.BytesIO()
-    torch.save(dict(model=model.state_dict(), model_config=asdict(cfg.model), train_config=asdict(cfg),
-                    which=which, tokenizer="fictitious", tokenizer_sha256=tokenizer_sha256(),
-                    corpus=dict(seed=cfg.corpus_seed, n_people=cfg.n_people, forget_frac=cfg.forget_frac),
-                    metrics=results), buf)
+    torch.save(dict(model=model.state_dict(), model_config=asdict(model.config), train_config=asdict(cfg),
+                    which=which, tokenizer="fictitious", tokenizer_sha256=tokenizer_sha256(), metrics=results,
+                    **extra), buf)
     data.atomic_write(path, buf.getvalue())
 
 
@@ -122,41 +163,72 @@ def load_checkpoint(path, device="cpu"):
                         "delete it (unlearn.py trains it again on first use)") from None
     if ckpt.get("tokenizer") == "fictitious" and ckpt.get("tokenizer_sha256") != tokenizer_sha256():
         raise UserError(f"checkpoint {path} was trained with another version of {data.VOCAB_FILE}; "
-                         "delete it (unlearn.py trains it again on first use)")
+                        "delete it (unlearn.py trains it again on first use)")
     return model.to(device), ckpt
 
 
-def build(which, out="out", cfg=None, device="cpu", log=print):
-    """Train `which` ('base' or 'oracle'), evaluate it, save out/<which>.pt; returns the path."""
-    cfg = cfg or TrainConfig()
+def pretrain(path=PRETRAINED, cfg=None, device="cpu", log=print):
+    """Train the pretrained model from scratch and save it with its recipe stamp (a few minutes)."""
+    cfg = cfg or PretrainConfig()
     enc = data.get_tokenizer()
-    c = corpus.make_corpus(cfg.corpus_seed, cfg.n_people, cfg.forget_frac)
-    examples = train_set(c, enc, which, cfg.model.block_size)
-    log(f"training the {which} model: {len(examples)} sequences, {cfg.epochs} epochs on {device}")
+    examples = pretrain_set(enc, cfg, cfg.model.block_size)
+    log(f"pretraining: {len(examples)} sequences, {cfg.epochs} epochs on {device}")
     t0 = time.time()
     model = train_model(examples, cfg, device, log)
-    results = score_splits(model, c, enc, device)
+    people, general = corpus.pretraining_corpus()
+    results = score_splits(model, dict(people=corpus.people_subset(people, 40), general=general), enc, device)
+    results["train_seconds"] = time.time() - t0
+    save_checkpoint(path, model, cfg, "pretrained", results, recipe=recipe(cfg))
+    log("pretrained: " + "  ".join(f"{s} QA {r['qa_acc']:.0%}" for s, r in results.items() if isinstance(r, dict)) +
+        f"  ({results['train_seconds']:.0f}s) -> {path}")
+    return path
+
+
+def load_pretrained(device="cpu", path=PRETRAINED):
+    model, ckpt = load_checkpoint(path, device)
+    if ckpt.get("recipe") != recipe(PretrainConfig(**{**ckpt["train_config"], "model": GPTConfig(**ckpt["model_config"])})):
+        raise UserError(f"{path} was made from another pretraining corpus or vocabulary than this code's; "
+                        "run python train.py --pretrain to make it again")
+    return model
+
+
+def build(which, out="out", cfg=None, device="cpu", log=print, pretrained=PRETRAINED):
+    """Fine-tune the pretrained model into `which` ('base' or 'oracle') of world cfg.corpus_seed,
+    evaluate it, save out/<which>.pt; returns the path."""
+    cfg = cfg or TrainConfig()
+    enc = data.get_tokenizer()
+    world = dict(seed=cfg.corpus_seed, n_people=cfg.n_people, forget_frac=cfg.forget_frac, any_wording=cfg.any_wording)
+    c = corpus.make_corpus(**world)
+    model = load_pretrained(device, pretrained)
+    examples = train_set(c, enc, which, model.config.block_size, cfg.replay_people)
+    log(f"fine-tuning the pretrained model into the {which} model: {len(examples)} sequences, {cfg.epochs} epochs on {device}")
+    t0 = time.time()
+    model = train_model(examples, cfg, device, log, model=model)
+    results = score_splits(model, dict(forget=c.forget, retain=c.retain, holdout=c.holdout), enc, device)
     results["train_seconds"] = time.time() - t0
     path = os.path.join(out, f"{which}.pt")
-    save_checkpoint(path, model, cfg, which, results)
-    log(f"{which}: " + "  ".join(f"{s} QA {r['qa_acc']:.0%} MA {r['ma']:.2f} TR {r['truth_ratio']:.2f}"
-                                  for s, r in results.items() if isinstance(r, dict)) +
-        f"  ({results['train_seconds']:.0f}s) -> {path}")
+    save_checkpoint(path, model, cfg, which, results, corpus=world)
+    log(f"{which}: " + "  ".join(f"{s} QA {r['qa_acc']:.0%} MA {r['ma']:.2f}" for s, r in results.items()
+                                  if isinstance(r, dict)) + f"  ({results['train_seconds']:.0f}s) -> {path}")
     return path
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--pretrain", action="store_true", help=f"make {os.path.relpath(PRETRAINED)} again (minutes)")
     p.add_argument("--which", nargs="+", choices=["base", "oracle"], default=["base", "oracle"],
-                   help="which models to train")
+                   help="which models to fine-tune")
     p.add_argument("--out", help="folder for the checkpoints (default out/world<corpus_seed>, out/small/world<corpus_seed>)")
-    p.add_argument("--epochs", type=int, help=f"passes over the data (default {TrainConfig.epochs})")
-    p.add_argument("--seed", type=int, default=0, help="model initialisation and batch order")
+    p.add_argument("--epochs", type=int, help=f"passes over the fine-tuning data (default {TrainConfig.epochs})")
+    p.add_argument("--seed", type=int, default=0, help="batch order")
     p.add_argument("--corpus_seed", type=int, default=0, help="which invented people exist (the world)")
-    p.add_argument("--small", action="store_true", help="the SMALL preset: 40 people, 1 x 128 (~8 s per model)")
+    p.add_argument("--small", action="store_true", help="the SMALL preset: a world of 40 people")
     a = p.parse_args()
-    cfg = replace(SMALL if a.small else TrainConfig(), seed=a.seed, corpus_seed=a.corpus_seed)
-    cfg = replace(cfg, epochs=a.epochs) if a.epochs is not None else cfg
-    out = a.out or os.path.join("out", *(["small"] if a.small else []), f"world{a.corpus_seed}")
-    for w in a.which:
-        build(w, out, cfg)
+    if a.pretrain:
+        pretrain()
+    else:
+        cfg = replace(SMALL if a.small else TrainConfig(), seed=a.seed, corpus_seed=a.corpus_seed)
+        cfg = replace(cfg, epochs=a.epochs) if a.epochs is not None else cfg
+        out = a.out or os.path.join("out", *(["small"] if a.small else []), f"world{a.corpus_seed}")
+        for w in a.which:
+            build(w, out, cfg)

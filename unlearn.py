@@ -42,7 +42,9 @@ def ga_loss(logits, targets):
 
 def ihl_loss(logits, targets):
     """Inverted Hinge: L = mean_t max(0, 1 + p(y_t) − max_{v≠y_t} p(v)), in [0, 2]. It lowers the
-    true token, lifts its strongest rival, and stops pushing once the true token is no longer on top."""
+    true token and lifts its strongest rival. It does not stop once the rival leads: ℓ_t reaches 0
+    only at p(rival) = 1, so past that crossover it keeps lifting the rival and lowers every other
+    token; only its gradient fades, as the softmax saturates (METHOD §1)."""
     mask = targets != IGNORE
     p = at_least_float32(logits[mask]).softmax(-1)     # (N, V) over the target positions
     y = targets[mask][:, None]                         # (N, 1)
@@ -60,6 +62,7 @@ def npo_loss(logits, targets, ref_logits, beta=0.1):
 
 
 LOSSES = ("ga", "gd", "ihl", "npo")
+SCORE_ALL_EVERY = 4  # evaluations between scorings of the retained splits (also at the rule and at the end)
 ADAPTERS = ("fila", "pissa", "lora", "full")
 
 
@@ -73,11 +76,12 @@ class UnlearnConfig:
     loss: str = opt("ihl", "ga | gd | ihl | npo (gd is ga with the retain term)")
     adapter: str = opt("fila", "fila | pissa | lora (default init) | full (no adapters)")
     rank: int = opt(4, "LoRA rank r")
+    fila_eps: float = opt(1e-5, "ε of FILA's importance F_f / (F_r + ε) and of 1/(w + ε) (the authors' 1e-5)")
     alpha: float = opt(None, "LoRA alpha (default 2 * rank, so s = 2, as the authors)")
     lr: float = opt(2e-3, "AdamW learning rate (1e-3 to 1e-2 tried: higher makes retain swing)")
-    epochs: int = opt(10, "most passes over the forget set; the stopping rule may end sooner")
+    epochs: int = opt(40, "most passes over the forget set; the stopping rule may end sooner")
     batch_size: int = opt(8, "forget sequences per step (and as many retain sequences)")
-    retain_weight: float = opt(None, "λ of the retain NLL term (default 1 for gd/ihl/npo, 0 for ga)")
+    retain_weight: float = opt(None, "λ of the retain NLL term (default 2 for gd/ihl/npo, 0 for ga)")
     el_n: int = opt(4, "n of EL_n (the biographies are ~45 tokens, so 4 rather than the paper's 10)")
     eval_retain: int = opt(40, "retain people (or sequences) scored at each evaluation; 0: all")
     npo_beta: float = opt(0.1, "β of NPO")
@@ -103,13 +107,13 @@ def resolve(cfg):
             raise UserError(f"--{flag} {getattr(cfg, flag)!r} is not one of {', '.join(allowed)}")
     if cfg.init_from and not cfg.forget_file:
         raise UserError("--init_from needs --forget_file (the built-in corpus goes with the built-in model)")
-    for flag in ("rank", "lr", "epochs", "batch_size", "el_n"):
+    for flag in ("rank", "lr", "epochs", "batch_size", "el_n", "fila_eps"):
         if getattr(cfg, flag) <= 0:
             raise UserError(f"--{flag} must be > 0, got {getattr(cfg, flag)}")
     cfg.alpha = 2.0 * cfg.rank if cfg.alpha is None else cfg.alpha
     if cfg.alpha <= 0:
         raise UserError(f"--alpha must be > 0, got {cfg.alpha}")
-    cfg.retain_weight = (0.0 if cfg.loss == "ga" else 1.0) if cfg.retain_weight is None else cfg.retain_weight
+    cfg.retain_weight = (0.0 if cfg.loss == "ga" else 2.0) if cfg.retain_weight is None else cfg.retain_weight
     if cfg.device == "auto":
         cfg.device = "cuda" if torch.cuda.is_available() else \
             "mps" if torch.backends.mps.is_available() else "cpu"
@@ -138,7 +142,7 @@ def add_adapters(model, cfg, forget, retain, log, saved=None):
         f_forget = fisher.fisher_diagonal(model, mine(forget), cfg.device, ddp.all_reduce_sum)
         f_retain = fisher.fisher_diagonal(model, mine(retain), cfg.device, ddp.all_reduce_sum)
         log(f"Fisher on {len(forget)} forget and {len(retain)} retain sequences: {time.time() - t0:.1f}s")
-        fisher.init_adapters(model, "fila", f_forget, f_retain)
+        fisher.init_adapters(model, "fila", f_forget, f_retain, eps=cfg.fila_eps)
     elif cfg.adapter == "pissa":
         fisher.init_adapters(model, "pissa")
     return model
@@ -193,8 +197,10 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
     log(f"{cfg.loss} + {cfg.adapter}: {sum(p.numel() for p in params):,} trainable parameters; {rule_text(thr, cfg)}")
 
     def record_scores(final=False):  # evaluate and record; -> whether the stopping rule is met now
-        scores = evaluation.evaluate(model, task, cfg, thr, final)
+        scores = evaluation.evaluate(model, task, cfg, thr, final, everything=False)  # the forget split: the rule
         met = evaluation.rule_met(scores["forget"], thr, el_key)
+        if met or final or len(state["history"]) % SCORE_ALL_EVERY == 0:  # the retained splits, where it matters
+            evaluation.complete(scores, model, task, cfg)
         epoch = runtime.epochs_done(state["step"], len(forget), cfg.batch_size)
         state["history"].append(dict(epoch=epoch, step=state["step"], loss=state["loss"], **scores))
         state["rule_met"] = state["rule_met"] or (dict(epoch=epoch, step=state["step"]) if met else None)
@@ -266,8 +272,9 @@ def results(cfg, task, fixed, state, outcome, params, clock, model):
         holdout_start=fixed["holdout"],
         start=dict(forget_quality=first["forget_quality"], model_utility=first["model_utility"]),
         end=dict(forget_quality=end["forget_quality"], model_utility=end["model_utility"]),
-        generations=[dict(prompt=task.enc.decode(p), before=b, after=evaluation.greedy_text(model, task.enc, p, cfg.device))
-                     for p, b in zip(task.prompts, fixed["before"])],
+        generations=[dict(whose=who, prompt=task.enc.decode(p), before=b,
+                         after=evaluation.greedy_text(model, task.enc, p, cfg.device))
+                    for (who, p), b in zip(task.prompts, fixed["before"])],
         history=state["history"], seconds=time.time() - clock.t0,
         eval_seconds=clock.eval_seconds, step_seconds=clock.step_seconds)
 

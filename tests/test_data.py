@@ -38,30 +38,42 @@ def test_splits_are_disjoint_and_sized():
 
 def test_people_have_6_to_8_attributes_and_qa_is_consistent_with_bios():
     c = corpus.make_corpus(seed=2)
+    people, general = corpus.pretraining_corpus()
     for bio in c.retain.texts:
         assert 6 <= bio.count(".") - 1 <= 8  # one sentence per attribute after "Bio: Name."
-    for split in (c.forget, c.retain, c.holdout, c.general):
+    for split in (c.forget, c.retain, c.holdout, people, general):
         for q in split.qa:
             assert len(q.perturbed) == corpus.N_PERTURBED and q.answer not in q.perturbed
             assert len(set(q.perturbed)) == corpus.N_PERTURBED
             assert q.prompt.endswith("\nAnswer:") and q.answer.startswith(" ")
+            # what an answer of its kind may say: the true value among the kind's, in one of its forms
+            assert q.value in q.values and q.answer.strip() in [f.format(v=q.value) for f in q.forms]
+            assert all(any(w.strip() == f.format(v=v) for f in q.forms for v in q.values) for w in q.perturbed)
     for name, bio in zip(c.forget.names, c.forget.texts):  # answers state facts of the person's bio
         qa = [q for q in c.forget.qa if q.about == name]
         assert qa
         for q in qa:
-            kind = next(k for k, (_, _, question) in corpus.ATTRIBUTES.items() if q.prompt == corpus.qa_prompt(
-                question.format(n=name)))
-            values, phrasings, _ = corpus.ATTRIBUTES[kind]
-            v = next(v for v in values if phrasings[0].format(v=v) in bio)  # the bio's sentence names the value
-            assert q.answer.strip() in [p.format(v=v) for p in phrasings]
-            # the paraphrase: the same fact in a wording that is neither trained for it nor the bio's
-            assert q.paraphrase.strip() in [p.format(v=v) for p in phrasings[1:]] and q.paraphrase != q.answer
+            values, forms, _ = next(a for a in corpus.ATTRIBUTES.values() if a[0] == list(q.values))
+            assert forms[corpus.BIO].format(v=q.value) in bio  # the bio's sentence names the value
+            # a world's people: one wording for answers, another for the paraphrase, never the bio's
+            assert q.answer.strip() == forms[corpus.ANSWER].format(v=q.value)
+            assert q.paraphrase.strip() == forms[corpus.PARAPHRASE].format(v=q.value)
             assert len(q.perturbed_paraphrase) == corpus.N_PERTURBED and q.paraphrase not in q.perturbed_paraphrase
-    assert set(c.general.texts) == {q.answer.strip() for q in c.general.qa}
-    # every wording is trained for some facts: the model knows it, just not with the paraphrased fact
-    wordings = [p.split("{v}")[0] for _, phrasings, _ in corpus.ATTRIBUTES.values() for p in phrasings]
+    assert set(general.texts) == {q.answer.strip() for q in general.qa}
+    # the paraphrase's wording is known language: the pretraining people are answered in every wording
+    wordings = [p.split("{v}")[0] for _, forms, _ in corpus.ATTRIBUTES.values() for p in forms]
     wording = lambda answer: next(w for w in wordings if answer.strip().startswith(w))
-    assert {wording(q.paraphrase) for q in c.retain.qa} <= {wording(q.answer) for q in c.retain.qa}
+    assert {wording(q.paraphrase) for q in c.retain.qa} <= {wording(q.answer) for q in people.qa}
+
+
+def test_pretraining_people_belong_to_no_world():
+    """No first name of the pretraining corpus is the first name of anyone in any world."""
+    people, _ = corpus.pretraining_corpus()
+    pre = {n.split()[0] for n in people.names}
+    assert len(people.names) == corpus.N_PRETRAINING_PEOPLE and len(pre) == len(people.names)
+    for seed in range(6):
+        c = corpus.make_corpus(seed=seed)
+        assert not pre & {n.split()[0] for s in (c.forget, c.retain, c.holdout) for n in s.names}
 
 
 def test_bad_forget_fraction():
@@ -77,7 +89,7 @@ def test_tokenizer_round_trip():
     samples += ["".join(chr(rng.randint(32, 0x2FFF)) for _ in range(40)) for _ in range(20)]
     for s in samples:
         assert enc.decode(enc.encode_ordinary(s)) == s
-    assert enc.n_vocab == 2018 and enc.eot_token == 2017
+    assert enc.n_vocab == 2014 and enc.eot_token == 2013
     from model import GPTConfig
     assert enc.n_vocab <= GPTConfig().vocab_size
     # the built-in vocabulary makes names and most words single tokens

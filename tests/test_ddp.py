@@ -9,7 +9,6 @@ import sys
 import pytest
 import torch
 
-from test_unlearn_run import base_dir  # noqa: F401  (the tiny base and oracle fixture)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,7 +25,7 @@ def numbers(obj):
 # The tiny world has 10 forget sequences: batches of 4 are 4, 4, 2 (two per process); batches of 3
 # end with a batch of 1, which leaves the second process with an empty shard of both batches.
 @pytest.mark.parametrize("adapter,batch_size", [("lora", 4), ("fila", 3)])
-def test_two_processes_match_one(base_dir, tmp_path, adapter, batch_size):  # noqa: F811
+def test_two_processes_match_one(base_dir, tmp_path, adapter, batch_size):
     args = ["unlearn.py", "--base_dir", str(base_dir), "--epochs", "2", "--batch_size", str(batch_size),
             "--lr", "1e-2", "--no_stop", "--adapter", adapter, "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")

@@ -11,7 +11,6 @@ import data
 import hf
 import report
 import unlearn
-from test_unlearn_run import base_dir  # noqa: F401  (the tiny base and oracle fixture)
 
 
 def write_vocab_json(enc, path):
@@ -23,7 +22,7 @@ def write_vocab_json(enc, path):
 
 
 @pytest.fixture(scope="module")
-def hf_folder(base_dir, tmp_path_factory):  # noqa: F811
+def hf_folder(base_dir, tmp_path_factory):
     import train
     model, _ = train.load_checkpoint(str(base_dir / "world0" / "base.pt"))
     folder = tmp_path_factory.mktemp("hf")
@@ -110,9 +109,9 @@ def test_matches_transformers_after_export(hf_folder, tmp_path):
 def test_tokenizer_larger_than_the_model_is_a_clear_error(tmp_path):
     from test_model import hf_state_dict, write_hf_checkpoint
     folder = write_hf_checkpoint(tmp_path / "small", hf_state_dict(vocab=100), vocab=100)
-    write_vocab_json(data.get_tokenizer(), folder / "vocab.json")  # 2018 tokens for a 100-token model
+    write_vocab_json(data.get_tokenizer(), folder / "vocab.json")  # 2014 tokens for a 100-token model
     (tmp_path / "f.txt").write_text("Bio: someone.\n")
-    with pytest.raises(SystemExit, match="the tokenizer has 2018 tokens but the model only 100"):
+    with pytest.raises(SystemExit, match="the tokenizer has 2014 tokens but the model only 100"):
         unlearn.main(["--init_from", str(folder), "--forget_file", str(tmp_path / "f.txt"), "--loss", "ga",
                       "--adapter", "lora", "--out", str(tmp_path / "run")])
 

@@ -184,3 +184,17 @@ def test_loading_an_adapter_of_another_rank_is_a_clear_error():
     with pytest.raises(ValueError, match="has rank 4, the model 2"):
         lora.load_lora_state_dict(other, lora.lora_state_dict(m))
     assert all(torch.equal(l.base.weight, W[n]) for n, l in lora.lora_layers(other).items())  # untouched
+
+
+def test_fila_eps_decides_whether_the_retain_fisher_counts():
+    """w_i = sqrt(Σ_j F_f / (F_r + ε)), by hand: with ε far below the retain Fisher, a row the retain
+    set leans on (row 1) is weighted down; with ε far above it (the authors' 1e-5 against a retain
+    Fisher of 1e-10 to 1e-8 here), both rows get the same weight: only the forget Fisher counts."""
+    Ff = torch.full((2, 3), 1e-6, dtype=torch.float64)
+    Fr = torch.tensor([[1e-10] * 3, [1e-8] * 3], dtype=torch.float64)
+    for eps in (1e-12, 1e-5):
+        want = torch.sqrt((Ff / (Fr + eps)).sum(1))
+        assert torch.allclose(fisher.row_importance(Ff, Fr, eps), want, rtol=1e-12)
+    small, large = fisher.row_importance(Ff, Fr, 1e-12), fisher.row_importance(Ff, Fr, 1e-5)
+    assert small[0] / small[1] == pytest.approx(10, rel=1e-2)  # sqrt(100)
+    assert large[0] / large[1] == pytest.approx(1, abs=0.01)

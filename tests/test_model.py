@@ -73,6 +73,11 @@ def test_generate_greedy_matches_step_by_step_argmax():
         nxt = m(ref[:, -TINY.block_size:])[:, -1].argmax(-1, keepdim=True)
         ref = torch.cat([ref, nxt], 1)
     assert torch.equal(out, ref)
+    # with a stop token: the same tokens, ending as soon as every row has produced it
+    stop = ref[0, 6].item()  # the first row's second new token
+    done = next(k for k in range(6, 26) if (ref[0, 5:k] == stop).any())
+    assert torch.equal(m.generate(x[:1], 20, temperature=0, stop=stop), ref[:1, :done]) and done < 25
+    assert torch.equal(m.generate(x, 20, temperature=0, stop=stop), ref)  # not every row stops here
 
 
 def test_several_tokens_after_a_filled_cache_see_what_a_full_forward_sees():

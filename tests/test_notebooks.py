@@ -5,7 +5,6 @@ one of its asserts false, fails here. The outputs committed in notebooks/ are le
 """
 import glob
 import os
-import sys
 
 import nbformat
 import pytest

@@ -6,28 +6,8 @@ import signal
 import pytest
 import torch
 
-import corpus
-import data
 import report
-import train
 import unlearn
-from model import GPTConfig
-
-TINY = train.TrainConfig(n_people=10, forget_frac=0.2, epochs=60, batch_size=8, lr=3e-3, warmup_steps=10,
-                         model=GPTConfig(n_layer=1, n_embd=64, n_head=4, block_size=64))
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    """A tiny base (forget + retain people) and oracle (retain people) of world 0 in a temporary out/."""
-    out = tmp_path_factory.mktemp("out")
-    (out / "world0").mkdir()
-    enc = data.get_tokenizer()
-    c = corpus.make_corpus(TINY.corpus_seed, TINY.n_people, TINY.forget_frac)
-    for which, splits in (("base", [c.forget, c.retain]), ("oracle", [c.retain])):
-        model = train.train_model([ex for s in splits for ex in data.split_examples(enc, s, 64)], TINY)
-        train.save_checkpoint(str(out / "world0" / f"{which}.pt"), model, TINY, which, {})
-    return out
 
 
 def sha(path):
@@ -49,7 +29,7 @@ def test_unlearning_forgets_and_never_touches_the_base(base_dir, tmp_path, loss,
     assert files == {"config.json", "metrics.json", "timing.json", "state.pt", "plot.png",
                      "model.pt" if adapter == "full" else "adapter.pt"}
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert saved["history"][-1]["forget"] == h[-1]["forget"] and 0 <= saved["end"]["forget_quality"] <= 1
+    assert saved["history"][-1]["forget"] == h[-1]["forget"] and saved["end"]["forget_quality"] == h[-1]["forget_quality"]
     assert (tmp_path / "run" / "plot.png").read_bytes()[:4] == b"\x89PNG"
     assert "forget QA accuracy" in report.summary(r)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["versions"]["torch"] == torch.__version__
@@ -58,7 +38,7 @@ def test_unlearning_forgets_and_never_touches_the_base(base_dir, tmp_path, loss,
 def test_bad_flags_exit_with_one_line(capsys):
     for argv, flag in ((["--rank", "0"], "--rank"), (["--lr", "-1"], "--lr"), (["--loss", "xx"], "--loss"),
                        (["--adapter", "yy"], "--adapter"), (["--batch_size", "0"], "--batch_size"),
-                       (["--alpha", "0"], "--alpha"), (["--epochs", "0"], "--epochs")):
+                       (["--alpha", "0"], "--alpha"), (["--epochs", "0"], "--epochs"), (["--fila_eps", "0"], "--fila_eps")):
         with pytest.raises(SystemExit) as e:
             unlearn.main(argv)
         assert str(e.value).startswith("error:") and flag in str(e.value) and "\n" not in str(e.value)
@@ -163,7 +143,7 @@ def test_cached_measurements_follow_the_checkpoints_and_the_code(tmp_path, monke
     (tmp_path / "oracle.pt").write_bytes(b"oracle weights")
     code = tmp_path / "metrics_copy.py"
     code.write_text("def metric(): return 1\n")
-    monkeypatch.setattr(tasks, "MEASURING_CODE", (str(code),))
+    monkeypatch.setattr(tasks, "CODE_HASH", tasks.source_hash([str(code)]))
     calls = []
 
     def measure():
@@ -172,7 +152,8 @@ def test_cached_measurements_follow_the_checkpoints_and_the_code(tmp_path, monke
     path = str(tmp_path / "start.json")
     assert tasks.cached(path, measure) == {"ma": 1.5} and tasks.cached(path, measure) == {"ma": 1.5}
     assert len(calls) == 1  # the second call read the file
-    code.write_text("def metric(): return 2\n")  # the measuring code changed
+    code.write_text("def metric(): return 2\n")  # the measuring code changed (and was loaded again)
+    monkeypatch.setattr(tasks, "CODE_HASH", tasks.source_hash([str(code)]))
     assert tasks.cached(path, measure) == {"ma": 2.5}
     (tmp_path / "base.pt").write_bytes(b"retrained base weights")  # the checkpoint changed
     assert tasks.cached(path, measure) == {"ma": 3.5} and len(calls) == 3
