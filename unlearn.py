@@ -4,7 +4,7 @@
     python unlearn.py --loss ga --adapter lora    # the baseline it improves on
     python unlearn.py --init_from gpt2 --forget_file f.txt --retain_file r.txt --holdout_file h.txt
 
-Each step: the unlearning loss on a forget batch, plus λ·NLL on a random retain batch (λ = 1 for
+Each step: the unlearning loss on a forget batch, plus λ·NLL on a random retain batch (λ = 2 for
 gd, ihl and npo, 0 for ga). Every epoch (or --eval_every steps): QA metrics, fluency and privacy
 leakage on every split, MA (and EL_n where the rule needs it) on the forget biographies; stop once
 forget MA, EL_n and QA accuracy are all below what the starting model scores on people it never saw,

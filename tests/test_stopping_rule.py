@@ -30,3 +30,16 @@ def test_the_oracle_meets_the_stopping_rule():
     assert np.mean(ma(base, "forget")) > thr["ma"] and np.mean(right(base, "forget")) > thr["qa"]  # something to do
     assert np.mean(ma(oracle, "forget")) < thr["ma"] and np.mean(el(oracle, "forget")) < thr["el"]
     assert np.mean(right(oracle, "forget")) < thr["qa"]
+
+
+def test_a_run_that_goes_below_the_oracle_by_more_than_the_margin_is_flagged():
+    import report
+    thresholds = dict(ma=0.80, ma_margin=0.02, el=0.30, el_margin=0.05)
+    oracle = dict(ma=0.79, el4=0.26)
+    def flagged(ma, el4):
+        results = dict(history=[dict(forget=dict(ma=ma, el4=el4))], oracle_forget=oracle, thresholds=thresholds,
+                       config=dict(el_n=4))
+        return [name for name, *_ in report.overshoot(results)]
+    assert flagged(0.78, 0.25) == []                # below the oracle, but within the noise margin
+    assert flagged(0.76, 0.25) == ["MA"]            # 0.03 below: more than the 0.02 margin
+    assert flagged(0.62, 0.10) == ["MA", "EL4"]     # the old README run: MA 0.624, EL4 0.102 vs 0.790, 0.262
