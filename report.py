@@ -174,7 +174,7 @@ def plot(results):
 def progress(h, el, seconds, left=None):
     """The line an evaluation prints: where the run is (h, its history entry), the loss and brief()."""
     return f"epoch {h['epoch']:2g} step {h['step']:3d}  loss {h['loss']:7.3f}  {brief(h, el)}  {seconds:.0f}s" + \
-        ("" if left is None else f" (at most {left:.0f}s more)")
+        ("" if left is None else f" (~{left:.0f}s more to the cap, at this pace)")
 
 
 def brief(scores, el):
