@@ -237,7 +237,7 @@ def summary(results):
     goals, and the generations, as text."""
     first, last, n = results["history"][0], results["history"][-1], results["config"]["el_n"]
     oracle = results.get("oracle_forget") or {}
-    names = {"qa_acc": "QA accuracy", "qa_acc_verbatim": "QA, trained wording", "answers_well_formed": "well-formed",
+    names = {"qa_acc": "QA accuracy", "qa_acc_verbatim": "QA, verbatim", "answers_well_formed": "well-formed",
              "ma": "MA", f"el{n}": f"EL{n}", "truth_ratio": "truth ratio", "fluency": "fluency (NLL)",
              "privacy_leakage": "privacy leakage"}
     lines = [f"{'':30s}{'before':>10s}{'after':>10s}{'oracle':>10s}"]
