@@ -86,8 +86,8 @@ def rule_thresholds(model, task, cfg):
     hits = None
     if task.holdout.qa:  # did the model state the fact: by what the answer says, else by exact match
         hits = metrics.exact_matches(model, task.holdout.qa, cfg.device) if not task.holdout.facts else \
-            [float(metrics.says(t, f.value)) for t, f in zip(answers(model, task.enc, task.holdout, cfg.device)[1],
-                                                             task.holdout.facts)]
+            [float(r) for r in metrics.answer_report(*answers(model, task.enc, task.holdout, cfg.device)[1:],
+                                                      task.holdout.facts)[1]]
     return metrics.stopping_thresholds(ma, el, len(task.scored["forget"].texts), hits, len(task.scored["forget"].qa))
 
 
