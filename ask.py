@@ -13,11 +13,8 @@ import sys
 
 import torch
 
-import corpus
-import evaluation
-import metrics
-import report
-from data import UserError
+from lib import corpus, evaluation, metrics, runfiles
+from lib.userio import UserError
 
 
 def top3(model, ids, enc):
@@ -29,9 +26,9 @@ def top3(model, ids, enc):
                       for v, t in zip(best.values.tolist(), best.indices.tolist()))
 
 
-def ask(run, question, max_new=24, log=print):
+def ask(run, question, max_new=24):
     """-> the lines that main prints."""
-    cfg, base, unlearned, oracle, enc = report.load_run(run, log=log)
+    cfg, base, unlearned, oracle, enc = runfiles.load_run(run)
     own_files = bool(cfg.get("forget_file"))
     prompt = question if own_files or question.startswith("Question:") else corpus.qa_prompt(question)
     ids = enc.encode_ordinary(prompt)
@@ -59,7 +56,7 @@ def main(argv=None):
     p.add_argument("--max_new", type=int, default=24, help="most tokens of each answer")
     a = p.parse_args(argv)
     try:
-        print("\n".join(ask(a.run, a.question, a.max_new, log=lambda line: print(line, file=sys.stderr))))
+        print("\n".join(ask(a.run, a.question, a.max_new)))
     except UserError as e:
         sys.exit(f"error: {e}")
 

@@ -1,4 +1,5 @@
-# Lets the tests import the top-level modules (model, data, ...) from a clean checkout, and holds the
+# pytest puts this folder, the repository's root, on sys.path: the tests import the method (model,
+# lora, fisher, unlearn) and the machinery (lib.*) as a user's script run from here does. Also holds the
 # fixture that several test files share.
 import pytest
 
@@ -10,9 +11,8 @@ TINY_WORLD = dict(seed=0, n_people=10, forget_frac=0.2)
 @pytest.fixture(scope="session")
 def base_dir(tmp_path_factory):
     """A tiny base (forget + retain people) and oracle (retain people) of world 0 in a temporary out/."""
-    import corpus
-    import data
     import train
+    from lib import corpus, data
     from model import GPTConfig
     tiny = train.PretrainConfig(epochs=60, batch_size=8, lr=3e-3, warmup_steps=10,
                                 model=GPTConfig(n_layer=1, n_embd=64, n_head=4, block_size=64))

@@ -13,7 +13,7 @@ With w = 1 this is PiSSA. The model's outputs are unchanged at initialisation.
 """
 import torch
 
-import data
+from lib import data
 from lora import lora_layers
 from model import token_nll
 

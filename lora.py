@@ -121,6 +121,3 @@ def merged_copy(model):
         setattr(out.get_submodule(parent_name), attr, m.base)
     return out
 
-
-def count_trainable(model):
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

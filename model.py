@@ -20,7 +20,7 @@ IGNORE = -100  # label value that token_nll skips (prompt tokens, padding)
 @dataclass
 class GPTConfig:  # defaults: the built-in model (GPT-2 small is 1024, 50257, 12, 12, 768)
     block_size: int = 128   # longest sequence (position embeddings); the corpus needs < 60
-    vocab_size: int = 2048  # the built-in tokenizer's 2018 tokens, padded to a multiple of 64
+    vocab_size: int = 2048  # the built-in tokenizer's 2014 tokens, padded to a multiple of 64
     n_layer: int = 1        # transformer blocks; one wide block memorises the corpus fastest on a CPU
     n_head: int = 8         # attention heads; n_embd must divide by it
     n_embd: int = 256       # width of the residual stream

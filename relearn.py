@@ -19,11 +19,8 @@ import sys
 import numpy as np
 import torch
 
-import corpus
-import data
-import evaluation
-import report
-from data import UserError
+from lib import corpus, data, evaluation, runfiles, runtime, userio
+from lib.userio import UserError
 from model import lm_loss
 
 
@@ -33,14 +30,11 @@ def relearn(model, train_texts, probe, steps, lr, enc, device="cpu"):
     before and after each step."""
     model = copy.deepcopy(model).to(device).requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    x, y = data.collate([(t, [True] * len(t)) for t in train_texts], device)
+    x, y = data.collate(data.whole(train_texts), device)
     accuracy = lambda: evaluation.split_scores(model, enc, probe, device, forget_like=True)[0]["qa_acc"]
     acc = [accuracy()]
     for _ in range(steps):
-        loss = lm_loss(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        runtime.update(opt, list(model.parameters()), lm_loss(model(x), y), clip=None)  # a bare step: no clipping
         acc.append(accuracy())
     return acc
 
@@ -52,7 +46,7 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of the fine-tuning")
     a = p.parse_args(argv)
     try:
-        cfg, _, model, oracle, enc = report.load_run(a.run)
+        cfg, _, model, oracle, enc = runfiles.load_run(a.run)
         if oracle is None:
             raise UserError("relearn.py measures runs on the built-in world (it needs the forget people's halves)")
     except UserError as e:
@@ -74,7 +68,7 @@ def main(argv=None):
     for k in sorted({0, 1, 2, 5, 10, a.steps} & set(range(a.steps + 1))):
         print(f"| {k} | {curves['unlearned'][k]:.2f} | {curves['control'][k]:.2f} | {curves['oracle'][k]:.2f} |")
     out = os.path.join(a.run, "relearn.json")
-    data.atomic_write(out, json.dumps(dict(steps=a.steps, lr=a.lr, **curves), indent=1).encode())
+    userio.atomic_write(out, json.dumps(dict(steps=a.steps, lr=a.lr, **curves), indent=1).encode())
     gap = np.array(curves["unlearned"]) - np.array(curves["control"])
     print(f"saved to {out}. What half A's biographies bring back beyond what any biographies do "
           f"(unlearned minus control): {gap[-1]:+.2f} at step {a.steps}, at most {gap.max():+.2f}")

@@ -19,21 +19,17 @@ import io
 import json
 import math
 import os
-import pickle
 import random
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-import corpus
-import data
-import metrics
-from data import UserError
+from lib import corpus, data, evaluation, runtime, userio
+from lib.userio import DAMAGED, UserError
 from model import GPT, GPTConfig, lm_loss
 
-PRETRAINED = os.path.join(data.HERE, "assets", "pretrained.pt")
+PRETRAINED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "pretrained.pt")  # python train.py --pretrain
 
 
 @dataclass
@@ -105,7 +101,8 @@ def train_model(examples, cfg, device="cpu", log=print, model=None):
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     model = (model or GPT(cfg.model)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0,
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0,
                             fused=device != "mps")  # one kernel for all parameters; ~10% faster here
     steps = cfg.epochs * math.ceil(len(examples) / cfg.batch_size)
     step, t0 = 0, time.time()
@@ -115,22 +112,20 @@ def train_model(examples, cfg, device="cpu", log=print, model=None):
             for g in opt.param_groups:
                 g["lr"] = lr
             x, y = data.collate(batch, device)
-            loss = lm_loss(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            loss, bad = runtime.update(opt, params, lm_loss(model(x), y))
+            if bad:
+                raise RuntimeError(f"non-finite {bad} at step {step + 1} of the fine-tune (lr {cfg.lr} too high?)")
             step += 1
-        log(f"  epoch {epoch + 1}/{cfg.epochs}  loss {loss.item():.3f}  {time.time() - t0:.0f}s")
+        log(f"  epoch {epoch + 1}/{cfg.epochs}  loss {loss:.3f}  {time.time() - t0:.0f}s")
     return model
 
 
 def score_splits(model, splits, enc, device="cpu"):
-    """QA accuracy (exact match of the trained wording) / probability / truth ratio and MA on named
-    corpus.Splits: what the model knows."""
+    """What the model knows of named corpus.Splits: evaluation.split_scores' report of each (QA
+    accuracy, the fact stated in any wording; probability; truth ratio; MA)."""
     B = model.config.block_size
-    return {name: metrics.split_report(model, data.encode(enc, s, B)[0], device=device,
-                                       forget_like=name in ("forget", "holdout"))[0] for name, s in splits.items()}
+    return {name: evaluation.split_scores(model, enc, data.encode(enc, s, B)[0], device,
+                                          forget_like=name in ("forget", "holdout"))[0] for name, s in splits.items()}
 
 
 def tokenizer_sha256():
@@ -143,11 +138,7 @@ def save_checkpoint(path, model, cfg, which, results, **extra):
     torch.save(dict(model=model.state_dict(), model_config=asdict(model.config), train_config=asdict(cfg),
                     which=which, tokenizer="fictitious", tokenizer_sha256=tokenizer_sha256(), metrics=results,
                     **extra), buf)
-    data.atomic_write(path, buf.getvalue())
-
-
-# What torch.load and load_state_dict raise for a truncated, foreign or mismatched file (not a bug of ours).
-DAMAGED = (OSError, RuntimeError, EOFError, KeyError, TypeError, pickle.UnpicklingError, zipfile.BadZipFile)
+    userio.atomic_write(path, buf.getvalue())
 
 
 def load_checkpoint(path, device="cpu"):
@@ -192,7 +183,7 @@ def load_pretrained(device="cpu", path=PRETRAINED):
     return model
 
 
-def build(which, out="out", cfg=None, device="cpu", log=print, pretrained=PRETRAINED):
+def finetune(which, out="out", cfg=None, device="cpu", log=print, pretrained=PRETRAINED):
     """Fine-tune the pretrained model into `which` ('base' or 'oracle') of world cfg.corpus_seed,
     evaluate it, save out/<which>.pt; returns the path."""
     cfg = cfg or TrainConfig()
@@ -231,4 +222,4 @@ if __name__ == "__main__":
         cfg = replace(cfg, epochs=a.epochs) if a.epochs is not None else cfg
         out = a.out or os.path.join("out", *(["small"] if a.small else []), f"world{a.corpus_seed}")
         for w in a.which:
-            build(w, out, cfg)
+            finetune(w, out, cfg)

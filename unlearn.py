@@ -21,15 +21,10 @@ from dataclasses import asdict, dataclass, field, fields
 import torch
 import torch.nn.functional as F
 
-import data
-import ddp
-import evaluation
 import fisher
 import lora
-import report
-import runtime
-import tasks
-from data import UserError
+from lib import data, ddp, evaluation, report, runfiles, runtime, tasks
+from lib.userio import UserError
 from model import IGNORE, at_least_float32, lm_loss, token_nll
 
 
@@ -174,17 +169,17 @@ def objective(model, ref, forget_batch, retain_batch, cfg):
 
 
 def run(cfg: UnlearnConfig, log=print, resume=None):
-    """Unlearn; returns (model, results). `resume`: what a stopped run saved (its state.pt)."""
+    """Unlearn; returns (model, evaluation.RunResults). `resume`: what a stopped run saved (its state.pt)."""
     cfg, clock = resolve(cfg), runtime.Clock()
     log = log if ddp.rank() == 0 else (lambda line: None)
     torch.manual_seed(cfg.seed)
-    task = tasks.build(cfg, log)
+    task = tasks.make_task(cfg, log)
     model, forget, retain = task.model, task.forget, task.retain
     ref = copy.deepcopy(model).requires_grad_(False) if cfg.loss == "npo" else None  # NPO's π_ref
 
     # 1. The start: its scores, the stopping rule's thresholds (from people it never saw), its answers.
-    fixed, state = starting_point(task, cfg, resume)
-    thr, el_key = fixed["thresholds"], f"el{cfg.el_n}"
+    start, state = starting_point(task, cfg, resume)
+    thr = start.thresholds
 
     # 2. Fisher on forget and retain -> FILA-initialised adapters (or LoRA, PiSSA, full fine-tuning).
     model = add_adapters(model, cfg, forget, retain, log, resume and resume["weights"])
@@ -192,30 +187,30 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
-        log(f"resuming at step {state['step']}")
+        log(f"resuming at step {state.step}")
     fwd = ddp.wrap(torch.compile(model) if cfg.compile else model, params)  # same parameters
     log(f"{cfg.loss} + {cfg.adapter}: {sum(p.numel() for p in params):,} trainable parameters; {rule_text(thr, cfg)}")
 
     def record_scores(final=False):  # evaluate and record; -> whether the stopping rule is met now
-        scores = evaluation.evaluate(model, task, cfg, thr, final, everything=False)  # the forget split: the rule
-        met = evaluation.rule_met(scores["forget"], thr, el_key)
-        if met or final or len(state["history"]) % SCORE_ALL_EVERY == 0:  # the retained splits, where it matters
-            evaluation.complete(scores, model, task, cfg)
-        epoch = runtime.epochs_done(state["step"], len(forget), cfg.batch_size)
-        state["history"].append(dict(epoch=epoch, step=state["step"], loss=state["loss"], **scores))
-        state["rule_met"] = state["rule_met"] or (dict(epoch=epoch, step=state["step"]) if met else None)
+        epoch = runtime.epochs_done(state.step, len(forget), cfg.batch_size)
+        e = evaluation.evaluate(model, task, cfg, epoch, state.step, state.loss, thr, final, everything=False)
+        met = evaluation.rule_met(e.forget, thr, cfg.el_n)  # the forget split alone decides the rule
+        if met or final or len(state.history) % SCORE_ALL_EVERY == 0:  # the retained splits, where it matters
+            evaluation.complete(e, model, task, cfg)
+        state.history.append(e)
+        state.rule_met = state.rule_met or (dict(epoch=epoch, step=state.step) if met else None)
         clock.evaluated()
         return met
 
     def save():  # everything needed to continue exactly here (rank 0 writes)
         if ddp.rank() == 0:
-            report.save_state(cfg, fixed, state, model, optimizer)
+            runfiles.save_state(cfg, start, state, model, optimizer)
 
     # 3. Unlearn: each step, the unlearning loss on a forget batch + λ·NLL on a random retain batch;
     #    evaluate every epoch (or --eval_every steps); stop as soon as the rule is met.
     plan, outcome = runtime.schedule(cfg.seed, len(forget), len(retain), cfg.batch_size, cfg.epochs), "finished"
     with runtime.ctrl_c_finishes_the_step(log) as interrupted:
-        for step in range(state["step"], len(plan)):
+        for step in range(state.step, len(plan)):
             t_step = time.perf_counter()
             with runtime.autocast(cfg.device):
                 loss = objective(fwd, ref, [forget[i] for i in plan[step][0]], [retain[i] for i in plan[step][1]], cfg)
@@ -225,57 +220,58 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
                 outcome = f"stopped: non-finite {bad} at step {step + 1}; the weights are those of step {step} " \
                           "(that update was not applied)"
                 break
-            state.update(step=step + 1, loss=loss)
+            state.step, state.loss = step + 1, loss
             if ddp.any_rank(interrupted):
                 outcome = f"interrupted at step {step + 1}; continue with --resume {cfg.out}"
                 break
             if runtime.evaluation_due(step + 1, cfg, len(forget), len(plan)):
                 met = record_scores(final=step + 1 == len(plan))
-                log(report.progress(state["history"][-1], el_key, time.time() - clock.t0, clock.seconds_left(step + 1, len(plan))))
+                log(report.progress(state.history[-1], cfg.el_n, time.time() - clock.t0, clock.seconds_left(step + 1, len(plan))))
                 save()
                 if met and not cfg.no_stop:
                     break
     if outcome != "finished":
         log(outcome)
         save()
-        last = state["history"][-1]
-        if last["step"] != state["step"] or el_key not in last["forget"]:  # score where the run stopped, in full
+        last = state.history[-1]
+        if last.step != state.step or evaluation.el_key(cfg.el_n) not in last.forget:  # score where it stopped, in full
             record_scores(final=True)
-    return model, results(cfg, task, fixed, state, outcome, params, clock, model)
+    return model, results(cfg, task, start, state, outcome, params, clock, model)
 
 
 def starting_point(task, cfg, resume):
-    """(fixed, state): what is measured once on the starting model (evaluation.measure_start; the same
-    for every run of a world, so cached there), and where the run is. Resuming: both from state.pt."""
+    """(evaluation.Start, runtime.RunState): what is measured once on the starting model
+    (evaluation.measure_start; the same for every run of a world, so cached there), and where the
+    run is. Resuming: both from state.pt."""
     if resume is not None:
-        return resume["fixed"], resume["state"]
-    start, fixed = task.cached(f"start-el{cfg.el_n}-retain{cfg.eval_retain}-{cfg.device.split(':')[0]}",
-                               lambda: evaluation.measure_start(task.model, task, cfg))
-    return fixed, dict(step=0, loss=None, rule_met=None, history=[dict(epoch=0, step=0, **start)])
+        return evaluation.Start.from_json(resume["start"]), runtime.RunState.from_json(resume["state"])
+    scores, start = task.cached(f"start-el{cfg.el_n}-retain{cfg.eval_retain}-{cfg.device.split(':')[0]}",
+                                lambda: [j.to_json() for j in evaluation.measure_start(task.model, task, cfg)])
+    return evaluation.Start.from_json(start), runtime.RunState(history=[evaluation.Evaluation.from_json(scores)])
 
 
 def rule_text(thr, cfg):
-    if not thr:
+    if thr is None:
         return "no stopping rule (it needs forget texts, and holdout texts long enough for EL_n)"
-    return f"stop when forget MA < {thr['ma']:.3f}, EL{cfg.el_n} < {thr['el']:.3f}" + \
-        (f", QA < {thr['qa']:.3f}" if "qa" in thr else "") + " (from unseen people)"
+    return f"stop when forget MA < {thr.ma:.3f}, EL{cfg.el_n} < {thr.el:.3f}" + \
+        (f", QA < {thr.qa:.3f}" if thr.qa is not None else "") + " (from unseen people)"
 
 
-def results(cfg, task, fixed, state, outcome, params, clock, model):
-    """What a run reports (report.py writes it): every evaluation, and the scores at the first step
-    that met the stopping rule (where runs are compared: equal forgetting)."""
-    first, end, met = state["history"][0], state["history"][-1], state["rule_met"]
-    return dict(
-        config=asdict(cfg), outcome=outcome, thresholds=fixed["thresholds"], stopped_at_epoch=met and met["epoch"],
-        steps=state["step"], rule_met=met and next(h for h in state["history"] if h["step"] == met["step"]),
+def results(cfg, task, start, state, outcome, params, clock, model):
+    """The run's evaluation.RunResults: every evaluation, and the one at the first step that met the
+    stopping rule (where runs are compared: equal forgetting)."""
+    first, end, met = state.history[0], state.history[-1], state.rule_met
+    return evaluation.RunResults(
+        config=asdict(cfg), outcome=outcome, thresholds=start.thresholds, stopped_at_epoch=met and met["epoch"],
+        steps=state.step, rule_met=met and next(h for h in state.history if h.step == met["step"]),
         trainable_params=sum(p.numel() for p in params), oracle_forget=task.oracle_forget,
-        holdout_start=fixed["holdout"],
-        start=dict(forget_quality=first["forget_quality"], model_utility=first["model_utility"]),
-        end=dict(forget_quality=end["forget_quality"], model_utility=end["model_utility"]),
+        holdout_start=start.holdout,
+        start=dict(forget_quality=first.forget_quality, model_utility=first.model_utility),
+        end=dict(forget_quality=end.forget_quality, model_utility=end.model_utility),
         generations=[dict(whose=who, prompt=task.enc.decode(p), before=b,
-                         after=evaluation.greedy_text(model, task.enc, p, cfg.device))
-                    for (who, p), b in zip(task.prompts, fixed["before"])],
-        history=state["history"], seconds=time.time() - clock.t0,
+                          after=evaluation.greedy_text(model, task.enc, p, cfg.device))
+                     for (who, p), b in zip(task.prompts, start.before)],
+        history=state.history, seconds=time.time() - clock.t0,
         eval_seconds=clock.eval_seconds, step_seconds=clock.step_seconds)
 
 
@@ -290,20 +286,20 @@ def main(argv=None):
     a = vars(p.parse_args(argv))
     resume_from = a.pop("resume")
     try:
-        state = report.load_resume(resume_from) if resume_from else None
+        state = runfiles.load_resume(resume_from) if resume_from else None
         cfg = resolve(UnlearnConfig(**state["config"]) if state else UnlearnConfig(**a))
         cfg.device = ddp.setup(cfg.device)
         main_rank = ddp.rank() == 0
         if main_rank:
-            report.check_writable(cfg.out)
+            runfiles.check_writable(cfg.out)
             print(json.dumps(asdict(cfg)))
             if ddp.world() > 1:
                 print(f"data parallel over {ddp.world()} processes: each takes 1/{ddp.world()} of every batch")
         model, results = run(cfg, resume=state)
         if main_rank:
-            report.save_run(model, results)
+            runfiles.save_run(model, results)
             if cfg.save_merged:
-                report.save_merged(model, os.path.join(cfg.out, "hf"))
+                runfiles.save_merged(model, os.path.join(cfg.out, "hf"))
     except UserError as e:
         sys.exit(f"error: {e}")
     finally:
@@ -313,9 +309,9 @@ def main(argv=None):
         print(f"saved to {cfg.out}/: config.json, metrics.json, timing.json, "
               f"{'model' if cfg.adapter == 'full' else 'adapter'}.pt, state.pt, plot.png" +
               (", hf/ (the merged model)" if cfg.save_merged else ""))
-    if results["outcome"].startswith("interrupted"):
+    if results.outcome.startswith("interrupted"):
         sys.exit(130)
-    if results["outcome"].startswith("stopped"):
+    if results.outcome.startswith("stopped"):
         sys.exit(3)
 
 

@@ -4,9 +4,8 @@ import json
 import pytest
 
 import ask
-import corpus
-import report
 import unlearn
+from lib import corpus, runfiles
 from conftest import TINY_WORLD
 
 
@@ -14,7 +13,7 @@ def test_ask_shows_three_answers_and_where_they_part(base_dir, tmp_path, capsys)
     cfg = unlearn.UnlearnConfig(loss="ga", adapter="full", lr=1e-3, epochs=4, batch_size=4, no_stop=True,
                                 base_dir=str(base_dir), out=str(tmp_path / "run"), device="cpu")
     model, r = unlearn.run(cfg, log=lambda s: None)
-    report.save_run(model, r)
+    runfiles.save_run(model, r)
     q = corpus.make_corpus(**TINY_WORLD).forget.qa[0]
     question = q.prompt.removeprefix("Question: ").removesuffix("\nAnswer:")
     ask.main([str(tmp_path / "run"), question])

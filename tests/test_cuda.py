@@ -1,7 +1,7 @@
 """GPU checks: bf16 autocast on CUDA must not change what the losses and FILA compute, beyond bf16 rounding.
 
 Every test but the last builds its model and data on "cuda" and is skipped where there is no CUDA device;
-the last one checks, on a machine without one, that `python bench_gpu.py` says so and exits 0.
+the last one checks, on a machine without one, that `python -m experiments.bench_gpu` says so and exits 0.
 Tolerances: bf16 keeps 8 significant bits (relative rounding 2^-9 ≈ 0.2%); a 2-layer model's logits
 carry a few of those roundings, so losses are compared at rtol 2e-2 and logits (of size ~10) at atol 0.1 +
 rtol 2e-2; float32 paths at 1e-4.
@@ -108,6 +108,6 @@ def test_fila_init_keeps_logits_under_bf16_autocast():
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the message a machine without CUDA gets")
 def test_bench_gpu_without_cuda_says_so_and_exits_0():
-    r = subprocess.run([sys.executable, "bench_gpu.py"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "experiments.bench_gpu"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "CUDA" in r.stdout

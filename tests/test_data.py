@@ -4,8 +4,7 @@ from dataclasses import asdict
 
 import pytest
 
-import corpus
-import data
+from lib import corpus, data, userio
 
 
 def corpus_bytes(**kw):
@@ -169,7 +168,7 @@ def test_bad_files_get_one_line_errors(tmp_path, content, suffix, match):
     path = tmp_path / f"forget{suffix}"
     if content is not None:
         path.write_bytes(content)
-    with pytest.raises(data.UserError, match=match) as e:
+    with pytest.raises(userio.UserError, match=match) as e:
         data.load_file(str(path), "--forget_file")
     assert "--forget_file" in str(e.value) and "\n" not in str(e.value)
 

@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def sources():
-    for pattern in ("*.py", "*.md", "tests/*.py", "notebooks/*.ipynb"):
+    for pattern in ("*.py", "*.md", "lib/*.py", "experiments/*.py", "tests/*.py", "notebooks/*.ipynb"):
         for path in glob.glob(os.path.join(ROOT, pattern)):
             yield os.path.relpath(path, ROOT), open(path, encoding="utf-8").read()
 
@@ -42,9 +42,10 @@ def test_every_third_party_import_is_declared_or_optional():
     a requirement, or an optional extra imported inside `try: ... except ImportError`."""
     declared = {re.split(r"[<>=~ ]", line.strip())[0] for line in open(os.path.join(ROOT, "requirements.txt"))
                 if line.strip() and not line.startswith("#")}
-    own = {os.path.basename(p)[:-3] for p in glob.glob(os.path.join(ROOT, "*.py"))}
+    product = [p for pattern in ("*.py", "lib/*.py") for p in glob.glob(os.path.join(ROOT, pattern))]
+    own = {os.path.basename(p)[:-3] for p in product} | {"lib", "experiments"}
     undeclared = []
-    for path in glob.glob(os.path.join(ROOT, "*.py")):
+    for path in product:
         if os.path.basename(path) == "conftest.py":  # the tests' own, not the product's
             continue
         tree = ast.parse(open(path, encoding="utf-8").read())
@@ -65,7 +66,7 @@ def test_every_third_party_import_is_declared_or_optional():
 def test_every_implemented_in_names_a_real_function():
     """METHOD.md's "Implemented in: `file.py` → `name`" lines point at functions and classes that exist."""
     method = open(os.path.join(ROOT, "METHOD.md"), encoding="utf-8").read()
-    pairs = re.findall(r"`(\w+\.py)` → `([\w.]+)`", method)
+    pairs = re.findall(r"`([\w/]+\.py)` → `([\w.]+)`", method)
     assert len(pairs) > 20
     missing = []
     for file, name in pairs:

@@ -6,11 +6,8 @@ import json
 import pytest
 import torch
 
-import corpus
-import data
-import hf
-import report
 import unlearn
+from lib import corpus, data, hf, runfiles
 
 
 def write_vocab_json(enc, path):
@@ -67,11 +64,11 @@ def test_unlearn_a_hugging_face_model_from_files(hf_folder, tmp_path):
     unlearned, r = unlearn.run(cfg, log=lines.append)
     assert any("1 sequences of --retain_file are also in --forget_file" in ln for ln in lines)
     assert any("1 sequences are longer than the model's 64 tokens" in ln for ln in lines)
-    h = r["history"]
-    assert h[0]["forget"]["qa_acc"] >= 0.9 and h[-1]["forget"]["qa_acc"] <= h[0]["forget"]["qa_acc"] - 0.3
-    assert r["thresholds"] is not None and r["end"]["forget_quality"] is None  # no oracle for user data
-    report.save_run(unlearned, r)
-    report.save_merged(unlearned, str(tmp_path / "run" / "hf"))
+    h = r.history
+    assert h[0].forget["qa_acc"] >= 0.9 and h[-1].forget["qa_acc"] <= h[0].forget["qa_acc"] - 0.3
+    assert r.thresholds is not None and r.end["forget_quality"] is None  # no oracle for user data
+    runfiles.save_run(unlearned, r)
+    runfiles.save_merged(unlearned, str(tmp_path / "run" / "hf"))
     merged = hf.load(str(tmp_path / "run" / "hf"))
     x = torch.randint(0, 1700, (2, 20))
     assert (merged(x) - unlearned(x)).abs().max() < 1e-4
@@ -91,7 +88,7 @@ def test_user_files_without_retain_or_holdout(hf_folder, tmp_path):
     cfg = unlearn.UnlearnConfig(init_from=str(folder), forget_file=str(tmp_path / "forget.jsonl"), loss="ga",
                                 adapter="lora", lr=1e-2, epochs=1, batch_size=4, out=str(tmp_path / "r"), device="cpu")
     _, r = unlearn.run(cfg, log=lines.append)
-    assert r["thresholds"] is None and any("no stopping rule" in ln for ln in lines)
+    assert r.thresholds is None and any("no stopping rule" in ln for ln in lines)
     with pytest.raises(SystemExit, match="--forget_file .* does not exist"):
         unlearn.main(["--init_from", str(folder), "--forget_file", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "r")])
 
@@ -129,5 +126,5 @@ def test_question_only_forget_file_and_a_tiny_retain_file(hf_folder, tmp_path):
                                 lr=1e-2, epochs=2, batch_size=4, out=str(tmp_path / "run"), device="cpu")
     _, r = unlearn.run(cfg, log=lambda line: None)
     # no forget texts to score MA and EL_n on: no stopping rule, and no crash
-    assert r["thresholds"] is None and r["stopped_at_epoch"] is None and r["outcome"] == "finished"
-    assert "ma" not in r["history"][-1]["forget"] and r["history"][-1]["forget"]["truth_ratio"] is None
+    assert r.thresholds is None and r.stopped_at_epoch is None and r.outcome == "finished"
+    assert "ma" not in r.history[-1].forget and r.history[-1].forget["truth_ratio"] is None

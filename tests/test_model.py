@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import hf
-from data import UserError
+from lib import hf
+from lib.userio import UserError
 from model import GPT, GPTConfig, IGNORE, lm_loss, token_nll
 
 TINY = GPTConfig(block_size=16, vocab_size=50, n_layer=2, n_head=2, n_embd=16)

@@ -4,15 +4,15 @@ import json
 import pytest
 
 import relearn
-import report
 import unlearn
+from lib import runfiles
 
 
 def test_relearning_with_its_control(base_dir, tmp_path, capsys):
     cfg = unlearn.UnlearnConfig(loss="ga", adapter="lora", lr=1e-2, epochs=3, batch_size=4, no_stop=True,
                                 base_dir=str(base_dir), out=str(tmp_path / "run"), device="cpu")
     model, r = unlearn.run(cfg, log=lambda s: None)
-    report.save_run(model, r)
+    runfiles.save_run(model, r)
     relearn.main([str(tmp_path / "run"), "--steps", "3", "--lr", "1e-2"])
     out = capsys.readouterr().out
     assert "unlearned, on retain people (control)" in out and "unlearned minus control" in out

@@ -1,9 +1,8 @@
 import pytest
 import torch
 
-import corpus
-import data
 import train
+from lib import corpus, data, userio
 from model import GPTConfig
 
 TINY = train.PretrainConfig(epochs=60, batch_size=8, lr=3e-3, warmup_steps=10,
@@ -52,14 +51,14 @@ def test_checkpoint_round_trip_and_clear_errors(tiny_run, tmp_path):
     assert torch.equal(loaded(x), model(x))
     assert ckpt["corpus"] == dict(seed=0, n_people=10, forget_frac=0.2) and ckpt["which"] == "base"
     assert not list(tmp_path.glob("*.tmp*"))  # the atomic write left no temporary file
-    with pytest.raises(data.UserError, match="does not exist"):
+    with pytest.raises(userio.UserError, match="does not exist"):
         train.load_checkpoint(str(tmp_path / "nope.pt"))
     (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(data.UserError, match="unreadable"):
+    with pytest.raises(userio.UserError, match="unreadable"):
         train.load_checkpoint(str(tmp_path / "cut.pt"))
     ckpt["tokenizer_sha256"] = "0" * 64
     torch.save(ckpt, tmp_path / "other_vocab.pt")
-    with pytest.raises(data.UserError, match="another version"):
+    with pytest.raises(userio.UserError, match="another version"):
         train.load_checkpoint(str(tmp_path / "other_vocab.pt"))
 
 

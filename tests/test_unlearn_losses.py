@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import metrics
+from lib import metrics
 from model import IGNORE
 from unlearn import ga_loss, ihl_loss, npo_loss
 
@@ -128,7 +128,7 @@ def test_extraction_likelihood_by_hand():
     assert metrics.extraction_likelihood(Counting(), [[1, 2, 3, 7, 8, 9]], n=2) == [pytest.approx(0.3125)]
     # too short for a 2-gram suffix: no EL at all (not 0, which would read as "forgotten")
     assert metrics.extraction_likelihood(Counting(), [[1, 2], [1, 2, 3, 7, 8, 9]], n=2)[0] is None
-    import data
+    from lib import data
     report, _ = metrics.split_report(Counting(), data.Encoded(texts=[[1, 2], [1, 2, 3, 7, 8, 9]]), el_n=2)
     assert report["el2"] == pytest.approx(0.3125)
     assert metrics.ngram_overlap([1, 2, 3], [1, 2, 3], 2) == 1.0
@@ -137,8 +137,8 @@ def test_extraction_likelihood_by_hand():
 def test_qa_metrics_by_hand():
     # prompt 1 2; true answer 3 4 (both predicted: p = 1 each), wrong answer 5 6 (p(5) = 0)
     qa = [([1, 2], [[3, 4], [5, 6]]), ([1, 2], [[3, 7], [3, 4]])]  # the second: last token wrong
-    r, ratios = metrics.qa_metrics(Counting(), qa)
-    assert r["qa_acc"] == 0.5 and ratios.shape == (2,) and ratios[0] < 1e-3 and ratios[1] > 1e3
+    r, ratios, exact = metrics.qa_metrics(Counting(), qa)
+    assert exact == [True, False] and ratios.shape == (2,) and ratios[0] < 1e-3 and ratios[1] > 1e3
     # no paraphrases: the truth ratio is measured on the trained answers and their wrong versions
     assert r["truth_ratio"] == pytest.approx(np.mean([max(0, 1 - ratios[0]), 0.0]))
 
@@ -161,7 +161,7 @@ def test_truth_ratio_is_tofus_formula():
     # the geometric mean over perturbations, not the arithmetic one: e^(0.5 - mean(1, 3)) = e^-1.5
     assert metrics.truth_ratios([[S(0.5), S(1.0), S(3.0)]])[0] == pytest.approx(math.exp(-1.5))
     # and through a model: paraphrase [3, 4] is certain (L = 0), the perturbed [5, 6] impossible
-    import data
+    from lib import data
     split = data.Encoded(qa=[([1, 2], [[3, 4], [5, 6]])], paraphrased=[([1, 2], [[3, 4], [3, 9], [7, 8]])])
     r, R = metrics.split_report(Counting(), split, forget_like=True)
     assert R.shape == (1,) and R[0] < 1e-6 and r["truth_ratio"] == pytest.approx(R[0])
@@ -177,8 +177,8 @@ def test_membership_auc_and_privacy_leakage_by_hand():
 def test_stopping_thresholds_by_hand():
     ma, el = [0.6, 0.8], [0.1, 0.3, 0.2]  # sd (ddof 1): 0.1414..., 0.1
     t = metrics.stopping_thresholds(ma, el, n_forget=4)
-    assert t["ma"] == pytest.approx(0.7 + 1.645 * math.sqrt(0.02) * math.sqrt(1 / 4 + 1 / 2))
-    assert t["el"] == pytest.approx(0.2 + 1.645 * 0.1 * math.sqrt(1 / 4 + 1 / 3))
+    assert t.ma == pytest.approx(0.7 + 1.645 * math.sqrt(0.02) * math.sqrt(1 / 4 + 1 / 2))
+    assert t.el == pytest.approx(0.2 + 1.645 * 0.1 * math.sqrt(1 / 4 + 1 / 3)) and t.qa is None
 
 
 def test_greedy_answers_batched_equal_one_at_a_time():
@@ -238,15 +238,14 @@ def test_float64_logits_give_float64_losses():
 def test_a_holdout_with_no_question_right_still_gives_a_passable_qa_threshold():
     # 0 of 4 holdout questions right: the sample sd is 0; Laplace's p = 1/6 gives sd = sqrt(5/36)
     t = metrics.stopping_thresholds([0.6, 0.8], [0.1, 0.3], n_forget=2, qa_hits=[0, 0, 0, 0], n_forget_qa=8)
-    assert t["qa"] == pytest.approx(1.645 * math.sqrt(5 / 36) * math.sqrt(1 / 8 + 1 / 4)) and t["qa"] > 0
+    assert t.qa == pytest.approx(1.645 * math.sqrt(5 / 36) * math.sqrt(1 / 8 + 1 / 4)) and t.qa > 0
     # a question without wrong answers: no truth ratio for the set, rather than a NaN
     assert metrics.truth_ratios([[S(0.5), S(1.0)], [S(0.5)]]) is None
 
 
 def test_greedy_text_survives_ids_past_the_tokenizer():
     """The embedding is padded past the tokenizer's last id; an unlearned model may generate one."""
-    import data
-    import evaluation
+    from lib import data, evaluation
     enc = data.get_tokenizer()
     they, play = enc.encode_ordinary(" They")[0], enc.encode_ordinary(" play")[0]
 

@@ -6,8 +6,8 @@ import signal
 import pytest
 import torch
 
-import report
 import unlearn
+from lib import report, runfiles, userio
 
 
 def sha(path):
@@ -20,16 +20,16 @@ def test_unlearning_forgets_and_never_touches_the_base(base_dir, tmp_path, loss,
     cfg = unlearn.UnlearnConfig(loss=loss, adapter=adapter, lr=1e-2, epochs=4, batch_size=4, no_stop=True,
                                 base_dir=str(base_dir), out=str(tmp_path / "run"), device="cpu")
     model, r = unlearn.run(cfg, log=lambda s: None)
-    report.save_run(model, r)
-    h = r["history"]
-    assert h[0]["forget"]["qa_acc"] >= 0.9
-    assert h[-1]["forget"]["qa_acc"] <= h[0]["forget"]["qa_acc"] - 0.3  # it forgot
+    runfiles.save_run(model, r)
+    h = r.history
+    assert h[0].forget["qa_acc"] >= 0.9
+    assert h[-1].forget["qa_acc"] <= h[0].forget["qa_acc"] - 0.3  # it forgot
     assert sha(base_dir / "world0" / "base.pt") == before  # the base checkpoint is only read
     files = {p.name for p in (tmp_path / "run").iterdir()}
     assert files == {"config.json", "metrics.json", "timing.json", "state.pt", "plot.png",
                      "model.pt" if adapter == "full" else "adapter.pt"}
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert saved["history"][-1]["forget"] == h[-1]["forget"] and saved["end"]["forget_quality"] == h[-1]["forget_quality"]
+    assert saved["history"][-1]["forget"] == h[-1].forget and saved["end"]["forget_quality"] == h[-1].forget_quality
     assert (tmp_path / "run" / "plot.png").read_bytes()[:4] == b"\x89PNG"
     assert "forget QA accuracy" in report.summary(r)
     assert json.loads((tmp_path / "run" / "config.json").read_text())["versions"]["torch"] == torch.__version__
@@ -51,7 +51,7 @@ def tiny_cfg(base_dir, out, **kw):
 
 def run_and_save(cfg, resume=None, log=lambda s: None):
     model, r = unlearn.run(cfg, log=log, resume=resume)
-    report.save_run(model, r)
+    runfiles.save_run(model, r)
     return r
 
 
@@ -73,12 +73,12 @@ def test_ctrl_c_saves_and_resume_continues_exactly(base_dir, tmp_path):
             os.kill(os.getpid(), signal.SIGINT)
 
     r = run_and_save(tiny_cfg(base_dir, tmp_path / "cut"), log=press_ctrl_c_after_epoch_1)
-    assert r["outcome"].startswith("interrupted at step") and r["steps"] < 3 * 3
+    assert r.outcome.startswith("interrupted at step") and r.steps < 3 * 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
-    r = run_and_save(tiny_cfg(base_dir, tmp_path / "cut"), resume=report.load_resume(str(tmp_path / "cut")))
-    assert r["outcome"] == "finished"
+    r = run_and_save(tiny_cfg(base_dir, tmp_path / "cut"), resume=runfiles.load_resume(str(tmp_path / "cut")))
+    assert r.outcome == "finished"
     straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
-    assert r["history"] == straight["history"] and r["end"] == straight["end"]
+    assert r.metrics_json()["history"] == straight["history"] and r.end == straight["end"]
     assert (tmp_path / "cut" / "adapter.pt").read_bytes() == (tmp_path / "straight" / "adapter.pt").read_bytes()
 
 
@@ -93,10 +93,10 @@ def test_non_finite_loss_stops_cleanly_and_keeps_the_last_good_weights(base_dir,
 
     monkeypatch.setattr(unlearn, "ihl_loss", third_call_is_nan)
     model, r = unlearn.run(tiny_cfg(base_dir, tmp_path / "nan"), log=lambda s: None)
-    assert r["outcome"].startswith("stopped: non-finite loss at step 3") and r["steps"] == 2
-    state = report.load_resume(str(tmp_path / "nan"))
+    assert r.outcome.startswith("stopped: non-finite loss at step 3") and r.steps == 2
+    state = runfiles.load_resume(str(tmp_path / "nan"))
     assert all(torch.isfinite(v).all() for v in state["weights"].values())
-    assert all(torch.equal(state["weights"][k], v) for k, v in report.trainable_state(model, "fila").items())
+    assert all(torch.equal(state["weights"][k], v) for k, v in runfiles.trainable_state(model, "fila").items())
 
 
 def test_unwritable_out_and_bad_rank_and_bad_checkpoint(base_dir, tmp_path):
@@ -121,14 +121,14 @@ def test_unwritable_out_and_bad_rank_and_bad_checkpoint(base_dir, tmp_path):
 
 
 def test_a_bug_keeps_its_traceback_while_a_bad_input_is_one_line(base_dir, tmp_path, monkeypatch):
-    """Only the project's own error type (data.UserError: a bad flag, file or checkpoint) becomes a
+    """Only the project's own error type (userio.UserError: a bad flag, file or checkpoint) becomes a
     one-line `error:`; any other exception is a bug, in this code or in a modified copy of it, and
     reaches the user with its traceback."""
     args = ["--base_dir", str(base_dir), "--out", str(tmp_path / "run"), "--device", "cpu"]
 
     def buggy_build(cfg, log):
         raise RuntimeError("a bug in someone's modified tasks.py")
-    monkeypatch.setattr(unlearn.tasks, "build", buggy_build)
+    monkeypatch.setattr(unlearn.tasks, "make_task", buggy_build)
     with pytest.raises(RuntimeError, match="modified tasks.py"):
         unlearn.main(args)
     with pytest.raises(SystemExit, match=r"^error: --epochs must be > 0, got 0$"):
@@ -138,7 +138,7 @@ def test_a_bug_keeps_its_traceback_while_a_bad_input_is_one_line(base_dir, tmp_p
 def test_cached_measurements_follow_the_checkpoints_and_the_code(tmp_path, monkeypatch):
     """A measurement of the fixed models is reused only while the checkpoints and the code that
     measures them are byte for byte what they were: edit either and it is taken again."""
-    import tasks
+    from lib import tasks
     (tmp_path / "base.pt").write_bytes(b"base weights")
     (tmp_path / "oracle.pt").write_bytes(b"oracle weights")
     code = tmp_path / "metrics_copy.py"
@@ -150,10 +150,10 @@ def test_cached_measurements_follow_the_checkpoints_and_the_code(tmp_path, monke
         calls.append(1)
         return {"ma": 0.5 + len(calls)}
     path = str(tmp_path / "start.json")
-    assert tasks.cached(path, measure) == {"ma": 1.5} and tasks.cached(path, measure) == {"ma": 1.5}
+    assert tasks.json_cache(path, measure) == {"ma": 1.5} and tasks.json_cache(path, measure) == {"ma": 1.5}
     assert len(calls) == 1  # the second call read the file
     code.write_text("def metric(): return 2\n")  # the measuring code changed (and was loaded again)
     monkeypatch.setattr(tasks, "CODE_HASH", tasks.source_hash([str(code)]))
-    assert tasks.cached(path, measure) == {"ma": 2.5}
+    assert tasks.json_cache(path, measure) == {"ma": 2.5}
     (tmp_path / "base.pt").write_bytes(b"retrained base weights")  # the checkpoint changed
-    assert tasks.cached(path, measure) == {"ma": 3.5} and len(calls) == 3
+    assert tasks.json_cache(path, measure) == {"ma": 3.5} and len(calls) == 3

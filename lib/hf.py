@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from data import UserError
+from lib.userio import UserError
 from model import GPT, GPTConfig
 
 

@@ -18,12 +18,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-import data
+from lib import data
 from model import token_nll
 
 
 class Score(NamedTuple):
-    """A model on one example (tokens, is_target), teacher-forced."""
+    """A model on one data.Example, teacher-forced."""
     nll: float       # mean NLL of the target tokens
     exact: bool      # every target token is the argmax: greedy decoding reproduces them
     accuracy: float  # the share of target tokens that are the argmax
@@ -31,7 +31,7 @@ class Score(NamedTuple):
 
 @torch.no_grad()
 def score_examples(model, examples, batch_size=64, device="cpu"):
-    """[(tokens, is_target)] -> [Score], one per example."""
+    """[data.Example] -> [Score], one per example."""
     out = []
     for chunk in data.batches(examples, batch_size):
         x, y = data.collate(chunk, device)
@@ -43,19 +43,14 @@ def score_examples(model, examples, batch_size=64, device="cpu"):
     return out
 
 
-def whole(texts):
-    """Texts as examples scored on every token."""
-    return [(t, [True] * len(t)) for t in texts]
-
-
 def memorization_accuracy(model, texts, batch_size=64, device="cpu"):
     """MA per text (token lists): teacher-forced greedy accuracy over its tokens."""
-    return [s.accuracy for s in score_examples(model, whole(texts), batch_size, device)]
+    return [s.accuracy for s in score_examples(model, data.whole(texts), batch_size, device)]
 
 
 def text_nll(model, texts, batch_size=64, device="cpu"):
     """Mean token NLL per text (token lists): the loss a membership-inference attack looks at."""
-    return [s.nll for s in score_examples(model, whole(texts), batch_size, device)]
+    return [s.nll for s in score_examples(model, data.whole(texts), batch_size, device)]
 
 
 def exact_matches(model, qa, device="cpu"):
@@ -66,7 +61,7 @@ def exact_matches(model, qa, device="cpu"):
 def answer_scores(model, qa, batch_size=128, device="cpu"):
     """qa: [(prompt tokens, [answer tokens, *alternatives])] -> per question, a [Score] for the answer
     and each alternative."""
-    examples = [(p + a, [False] * len(p) + [True] * len(a)) for p, answers in qa for a in answers]
+    examples = [data.answer_example(p, a) for p, answers in qa for a in answers]
     it = iter(score_examples(model, examples, batch_size, device))
     return [[next(it) for _ in answers] for _, answers in qa]
 
@@ -90,10 +85,11 @@ def truth_ratio_summary(R, forget_like):
 
 
 def qa_metrics(model, qa, paraphrased=(), forget_like=False, device="cpu"):
-    """Mean answer probability exp(−L) and teacher-forced exact-match accuracy of the trained answers,
-    and the truth ratio summary. The truth ratio is measured on the paraphrases when the split has
-    them (TOFU: a wording never trained with the fact, so it measures the fact, not the string),
-    else on the trained answers and their wrong versions. Returns (report, per-question R or None)."""
+    """Mean answer probability exp(−L) of the trained answers and the truth ratio summary, and per
+    question whether the trained answer is the teacher-forced argmax (what greedy decoding
+    reproduces). The truth ratio is measured on the paraphrases when the split has them (TOFU: a
+    wording never trained with the fact, so it measures the fact, not the string), else on the
+    trained answers and their wrong versions. Returns (report, per-question R or None, [exact])."""
     if paraphrased:
         trained = answer_scores(model, [(p, answers[:1]) for p, answers in qa], device=device)
         R = truth_ratios(answer_scores(model, paraphrased, device=device))
@@ -101,9 +97,8 @@ def qa_metrics(model, qa, paraphrased=(), forget_like=False, device="cpu"):
         trained = answer_scores(model, qa, device=device)
         R = truth_ratios(trained)
     report = dict(qa_prob=float(np.mean([np.exp(-s[0].nll) for s in trained])),
-                  qa_acc=float(np.mean([s[0].exact for s in trained])),
                   truth_ratio=truth_ratio_summary(R, forget_like))
-    return report, R
+    return report, R, [s[0].exact for s in trained]
 
 
 @torch.no_grad()
@@ -173,19 +168,36 @@ def ks_2samp_pvalue(a, b):
 
 
 def split_report(model, split, el_n=None, device="cpu", forget_like=False):
-    """Everything about one data.Encoded split: QA (qa_prob, qa_acc, truth_ratio)
-    if it has questions, mean MA over its texts if it has texts, and mean EL_n when el_n is given
-    (the costly one). Returns (report, per-question truth ratios R or None)."""
-    report, ratios = {}, None
+    """Everything about one data.Encoded split that needs no generation: qa_prob and truth_ratio if
+    it has questions, mean MA over its texts if it has texts, mean EL_n when el_n is given (the costly
+    one), then qa_acc_verbatim, the share of questions whose trained answer greedy decoding gives
+    word for word. Returns (report, per-question truth ratios R or None)."""
+    report, ratios, exact = {}, None, None
     if split.qa:
-        qa, ratios = qa_metrics(model, split.qa, split.paraphrased, forget_like, device)
+        qa, ratios, exact = qa_metrics(model, split.qa, split.paraphrased, forget_like, device)
         report.update(qa)
     if split.texts:
         report["ma"] = float(np.mean(memorization_accuracy(model, split.texts, device=device)))
         el = mean_extraction_likelihood(model, split.texts, el_n, device) if el_n else None
         if el is not None:
             report[f"el{el_n}"] = el
+    if exact is not None:
+        report["qa_acc_verbatim"] = float(np.mean(exact))
     return report, ratios
+
+
+class Thresholds(NamedTuple):
+    """The stopping rule's thresholds (stop once the forget set is below every one), each with its
+    margin for sampling noise, threshold − holdout mean. metrics.json stores them as a dict."""
+    ma: float         # memorisation accuracy
+    ma_margin: float
+    el: float         # extraction likelihood EL_n (a split report's "el<n>")
+    el_margin: float
+    qa: float = None  # QA accuracy, where the data has questions
+    qa_margin: float = None
+
+    def to_json(self):
+        return {k: v for k, v in self._asdict().items() if v is not None}
 
 
 def stopping_thresholds(ma, el, n_forget, qa_hits=None, n_forget_qa=0, z=1.645):
@@ -195,8 +207,8 @@ def stopping_thresholds(ma, el, n_forget, qa_hits=None, n_forget_qa=0, z=1.645):
     knows no better than unseen data has a mean below mean + z·sd/sqrt(n_forget) 95% of the time
     (z = 1.645, one-sided); the 1/n_holdout term adds the uncertainty of the holdout mean itself. A
     holdout with no question right would give sd 0 and a threshold of 0 that nothing can pass; its
-    sd is then taken from Laplace's estimate (k + 1)/(n + 2) of the hit rate. Also returns each
-    margin, threshold − mean, as "<key>_margin"."""
+    sd is then taken from Laplace's estimate (k + 1)/(n + 2) of the hit rate. -> Thresholds, or None
+    without two MA and two EL_n scores."""
     out = {}
     for key, v, n in (("ma", ma, n_forget), ("el", el, n_forget), ("qa", qa_hits, n_forget_qa)):
         v = np.asarray([x for x in (v or []) if x is not None], float)
@@ -207,7 +219,7 @@ def stopping_thresholds(ma, el, n_forget, qa_hits=None, n_forget_qa=0, z=1.645):
                 sd = np.sqrt(p * (1 - p))
             out[key] = float(v.mean() + z * sd * np.sqrt(1 / n + 1 / len(v)))
             out[key + "_margin"] = out[key] - float(v.mean())  # the allowance for sampling noise
-    return out
+    return Thresholds(**out) if "ma" in out and "el" in out else None
 
 
 def mia_auc(member_nll, nonmember_nll):
@@ -282,7 +294,7 @@ def fluency(judge, prompts, answers, device="cpu"):
     knows the language and the templates, not the forget people). Degenerate text ("They were They
     were born in ...") costs many nats per token; a fluent answer with a wrong value costs about what
     the true one does."""
-    examples = [(p + a, [False] * len(p) + [True] * len(a)) for p, a in zip(prompts, answers) if a]
+    examples = [data.answer_example(p, a) for p, a in zip(prompts, answers) if a]
     nll = [s.nll for s in score_examples(judge, examples, 128, device)]
     return float(np.mean(nll)), float(np.std(nll))
 

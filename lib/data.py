@@ -2,7 +2,7 @@
 sequences longer than the model's block), the user's own files, and batching.
 
 Tokenizers are tiktoken Encodings. The built-in one is a BPE vocabulary trained on the built-in
-corpus (corpus.py; 2018 tokens: every word and every possible name is one token) and stored in tiktoken's own file format
+corpus (corpus.py; 2014 tokens: every word and every possible name is one token) and stored in tiktoken's own file format
 (assets/fictitious.tiktoken). GPT-2 checkpoints use GPT-2's encoding, built from the checkpoint
 folder's vocab.json when there is one (no download), else by tiktoken.get_encoding("gpt2").
 """
@@ -11,24 +11,22 @@ import json
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import regex  # tiktoken's own dependency; \p{L} in the pre-tokenizer needs it
 import tiktoken
 import torch
 
-import corpus
+from lib import corpus, userio
+from lib.userio import UserError
 from model import IGNORE  # the label of positions that never count in a loss (prompts, padding)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-VOCAB_FILE = os.path.join(HERE, "assets", "fictitious.tiktoken")
+# The built-in vocabulary, in the repository's assets/ folder (build_vocab makes it again).
+VOCAB_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "fictitious.tiktoken")
 # GPT-2's pre-tokenizer: words, numbers and punctuation become separate chunks before BPE.
 PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 EOT = "<|endoftext|>"
 
-
-class UserError(Exception):
-    """A bad input from the user (a flag, a file, a checkpoint): the command-line tools print its
-    message as one line. Anything else that goes wrong is a bug and keeps its traceback."""
 
 
 # ----------------------------------------------------------------------------- the tokenizer
@@ -73,18 +71,8 @@ def build_vocab(path=VOCAB_FILE, vocab_size=4096):
     text += "\n" + " ".join(f"Bio: {w} {w}." for w in words)
     ranks = train_bpe(text, vocab_size)
     lines = "".join(f"{base64.b64encode(t).decode()} {r}\n" for t, r in ranks.items())
-    atomic_write(path, lines.encode())
+    userio.atomic_write(path, lines.encode())
 
-
-def atomic_write(path, data: bytes):
-    """Write to a temporary file beside `path`, then rename: readers see the old or the new file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def get_tokenizer(name="fictitious", folder=None):
@@ -122,6 +110,13 @@ def gpt2_from_vocab_json(path):
 
 
 # ----------------------------------------------------------------------------- token ids
+class Example(NamedTuple):
+    """One sequence to train on or score: its token ids, and for each whether it is a target (a
+    token the loss counts; a QA pair's prompt is not)."""
+    tokens: list
+    is_target: list
+
+
 @dataclass
 class Encoded:
     """A split as token ids, ready for training and for the metrics."""
@@ -162,10 +157,19 @@ def encode(enc, split, block_size):
     return out, cut
 
 
+def answer_example(prompt, answer):
+    """A prompt and its answer as one Example whose targets are the answer's tokens."""
+    return Example(prompt + answer, [False] * len(prompt) + [True] * len(answer))
+
+
+def whole(texts):
+    """Token lists as Examples trained (or scored) on every token."""
+    return [Example(t, [True] * len(t)) for t in texts]
+
+
 def training_examples(encoded):
-    """Encoded -> [(tokens, is_target)]: texts on every token, QA on the true answer only."""
-    return [(t, [True] * len(t)) for t in encoded.texts] + \
-        [(p + a[0], [False] * len(p) + [True] * len(a[0])) for p, a in encoded.qa]
+    """Encoded -> [Example]: texts on every token, QA on the true answer only."""
+    return whole(encoded.texts) + [answer_example(p, a[0]) for p, a in encoded.qa]
 
 
 def split_examples(enc, split, block_size):
@@ -209,7 +213,7 @@ def load_file(path, flag):
 
 
 def collate(examples, device="cpu"):
-    """[(tokens, is_target)] -> x, y of shape (B, T): y[b, t] is the token after x[b, t], or IGNORE
+    """[Example] -> x, y of shape (B, T): y[b, t] is the token after x[b, t], or IGNORE
     where that token is not a target (prompt) or is padding. Right padding is safe under causal
     attention: no real position ever attends to a pad to its right."""
     T = max(len(toks) for toks, _ in examples) - 1
@@ -222,10 +226,7 @@ def collate(examples, device="cpu"):
     return x.to(device), y.to(device)
 
 
-def batches(examples, batch_size, rng=None):
-    """Yield lists of examples; shuffled with `rng` (a random.Random) if given, else in order."""
-    order = list(range(len(examples)))
-    if rng is not None:
-        rng.shuffle(order)
-    for i in range(0, len(order), batch_size):
-        yield [examples[j] for j in order[i:i + batch_size]]
+def batches(examples, batch_size):
+    """Yield the examples in order, batch_size at a time."""
+    for i in range(0, len(examples), batch_size):
+        yield examples[i:i + batch_size]

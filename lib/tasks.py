@@ -1,6 +1,7 @@
 """What to unlearn: the starting model, the data, and what to measure.
 
-- builtin_task: the built-in corpus (corpus.py) and its base model and oracle, trained on first use.
+- builtin_task: the built-in corpus (corpus.py) and its base model and oracle, fine-tuned on first
+  use (finetune_missing, which says so; load_world only reads).
 - file_task: the user's own text, as in the paper's Training Data Extraction setting: --forget_file,
   --retain_file, --holdout_file (plain text, one sequence per line, or JSONL; data.load_file), on a
   GPT-2 checkpoint (--init_from, a Hugging Face folder or name) or on the built-in base model.
@@ -11,13 +12,9 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 
-import corpus
-import data
-import evaluation
-import hf
-import metrics
 import train
-from data import UserError
+from lib import corpus, data, evaluation, hf, metrics, userio
+from lib.userio import UserError
 from model import GPT
 
 
@@ -41,19 +38,19 @@ class Task:
         never change, so what is measured on them once holds for every run of their world."""
         if self.cache_dir is None:
             return compute()
-        return cached(os.path.join(self.cache_dir, f"{name}.json"), compute)
+        return json_cache(os.path.join(self.cache_dir, f"{name}.json"), compute)
 
 
 # The code a cached measurement depends on besides the checkpoints: edit any of it and the
 # measurements are taken again. Hashed as this process loaded it (at import), not as the files are later.
-MEASURING_CODE = ("corpus.py", "data.py", "model.py", "metrics.py", "evaluation.py", "tasks.py")
-HERE = os.path.dirname(os.path.abspath(__file__))
+MEASURING_CODE = ("lib/corpus.py", "lib/data.py", "model.py", "lib/metrics.py", "lib/evaluation.py", "lib/tasks.py")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def source_hash(files):
     h = hashlib.sha256()
     for f in files:
-        with open(os.path.join(HERE, f), "rb") as fh:
+        with open(os.path.join(REPO, f), "rb") as fh:
             h.update(fh.read())
     return h.hexdigest()
 
@@ -70,7 +67,7 @@ def content_key(folder):
     return h.hexdigest()
 
 
-def cached(path, compute):
+def json_cache(path, compute):
     """compute(), or the value stored at path if it was computed from the same checkpoints with the
     same code (content_key of the folder the file sits in)."""
     key = content_key(os.path.dirname(path))
@@ -79,7 +76,7 @@ def cached(path, compute):
         if saved.get("key") == key:
             return saved["value"]
     value = compute()
-    data.atomic_write(path, json.dumps(dict(key=key, value=value)).encode())
+    userio.atomic_write(path, json.dumps(dict(key=key, value=value)).encode())
     return json.loads(json.dumps(value))  # the same types as a cached value: lists, not tuples
 
 
@@ -88,26 +85,36 @@ def world_dir(base_dir, corpus_seed):
     return os.path.join(base_dir, f"world{corpus_seed}")
 
 
-def load_base_and_oracle(base_dir, device, log, train_cfg=None):
-    """The built-in starting model and the oracle in base_dir, trained first (with train_cfg, default
-    train.TrainConfig()) if they are not there yet."""
-    paths = {w: os.path.join(base_dir, f"{w}.pt") for w in ("base", "oracle")}
-    if missing := [w for w, p in paths.items() if not os.path.exists(p)]:
+def finetune_missing(folder, device, log, train_cfg):
+    """Fine-tune the pretrained model into whichever of the world's base model and oracle is not in
+    `folder` yet (train.finetune with train_cfg), saying so: unlearn.py does this on a world's first use."""
+    missing = [w for w in ("base", "oracle") if not os.path.exists(os.path.join(folder, f"{w}.pt"))]
+    if missing:
         log(f"first use: fine-tuning the pretrained model into the {' and the '.join(missing)} model of this world, "
-            f"in {base_dir}/")
+            f"in {folder}/")
     for which in missing:
-        train.build(which, base_dir, train_cfg, device=device, log=log)
-    base, ckpt = train.load_checkpoint(paths["base"], device)
-    oracle, _ = train.load_checkpoint(paths["oracle"], device)
+        train.finetune(which, folder, train_cfg, device=device, log=log)
+
+
+def load_world(folder, corpus_seed, device, small=False):
+    """-> (base model, oracle, the base checkpoint's dict) of a built-in world, only read: a missing
+    model is an error that names the command that builds it."""
+    for which in ("base", "oracle"):
+        if not os.path.exists(os.path.join(folder, f"{which}.pt")):
+            raise UserError(f"{folder}/{which}.pt does not exist: python train.py --corpus_seed {corpus_seed}"
+                            f"{' --small' if small else ''} --out {folder} builds it (unlearn.py does on the world's first use)")
+    base, ckpt = train.load_checkpoint(os.path.join(folder, "base.pt"), device)
+    oracle, _ = train.load_checkpoint(os.path.join(folder, "oracle.pt"), device)
+    if ckpt["corpus"]["seed"] != corpus_seed:
+        raise UserError(f"{folder}/base.pt was trained on corpus seed {ckpt['corpus']['seed']}, not "
+                        f"{corpus_seed}; delete it (unlearn.py trains it again on first use)")
     return base, oracle, ckpt
 
 
 def builtin_task(cfg, log):
     world = world_dir(cfg.base_dir, cfg.corpus_seed)
-    model, oracle, ckpt = load_base_and_oracle(world, cfg.device, log, replace(train.TrainConfig(), corpus_seed=cfg.corpus_seed))
-    if ckpt["corpus"]["seed"] != cfg.corpus_seed:
-        raise UserError(f"{world}/base.pt was trained on corpus seed {ckpt['corpus']['seed']}, not "
-                        f"{cfg.corpus_seed}; delete it (unlearn.py trains it again on first use)")
+    finetune_missing(world, cfg.device, log, replace(train.TrainConfig(), corpus_seed=cfg.corpus_seed))
+    model, oracle, ckpt = load_world(world, cfg.corpus_seed, cfg.device)
     enc = data.get_tokenizer(ckpt["tokenizer"])
     c = corpus.make_corpus(**ckpt["corpus"])
     people, general = corpus.pretraining_corpus()
@@ -122,7 +129,7 @@ def builtin_task(cfg, log):
                                             metrics.text_nll(oracle, splits["holdout"].texts, device=cfg.device))
         return report, ratios.tolist()
 
-    oracle_forget, oracle_ratios = cached(os.path.join(world, f"oracle-el{cfg.el_n}-{cfg.device.split(':')[0]}.json"),
+    oracle_forget, oracle_ratios = json_cache(os.path.join(world, f"oracle-el{cfg.el_n}-{cfg.device.split(':')[0]}.json"),
                                           oracle_reference)
     # D_r, the retain term's data, is the retain people, as TOFU's retain set. The general facts and
     # the pretraining people are scored, not trained on: unlearning has to leave them alone by itself.
@@ -138,8 +145,9 @@ def file_task(cfg, log):
         model = hf.load(cfg.init_from).to(cfg.device)
         enc = data.get_tokenizer("gpt2", model.hf_folder)
     else:
-        model, _, ckpt = load_base_and_oracle(world_dir(cfg.base_dir, cfg.corpus_seed), cfg.device, log,
-                                              replace(train.TrainConfig(), corpus_seed=cfg.corpus_seed))
+        world = world_dir(cfg.base_dir, cfg.corpus_seed)
+        finetune_missing(world, cfg.device, log, replace(train.TrainConfig(), corpus_seed=cfg.corpus_seed))
+        model, _, ckpt = load_world(world, cfg.corpus_seed, cfg.device)
         enc = data.get_tokenizer(ckpt["tokenizer"])
     if enc.n_vocab > model.config.vocab_size:
         raise UserError(f"the tokenizer has {enc.n_vocab} tokens but the model only {model.config.vocab_size}")
@@ -185,5 +193,6 @@ def first_prompt(encoded):
     return t[:min(32, max(1, len(t) // 2))]
 
 
-def build(cfg, log):
+def make_task(cfg, log):
+    """What unlearn.run unlearns: the user's files (--forget_file) or the built-in world."""
     return file_task(cfg, log) if cfg.forget_file else builtin_task(cfg, log)

@@ -2,7 +2,7 @@
 at GPT-2 small, medium and XL shapes (bf16 autocast; step time, MFU, peak memory), and FILA's
 initialisation at XL shape. Each configuration runs in a fresh process. Needs a CUDA GPU.
 
-    python bench_gpu.py --out gpu.md          # every shape, then FILA's init; --fused, --compile, --bf16_frozen
+    python -m experiments.bench_gpu --out gpu.md          # every shape, then FILA's init; --fused, --compile, --bf16_frozen
 """
 import argparse
 import json
@@ -20,7 +20,7 @@ except ImportError:
 
 import fisher
 import lora
-from bench import GPT2_SMALL, step_flops
+from experiments.bench import GPT2_SMALL, REPO, step_flops
 from model import GPT, GPTConfig, lm_loss
 
 GPU_SHAPES = {"small": (GPT2_SMALL, 8, 1024),  # config, B, T: GPT-2 small, medium and XL shapes
@@ -123,7 +123,7 @@ def bench_gpu(args):
     over the timed steps (weights included); 'ours vs peft' is peft's step time / ours (> 1: ours faster).
     Levers (--compile, --fused, --bf16_frozen) apply to this code's model only, except --fused (both optimizers)."""
     if not torch.cuda.is_available():
-        print("no CUDA device: bench_gpu.py (step time, MFU, memory, FILA init on the GPU) needs one")
+        print("no CUDA device: experiments/bench_gpu.py (step time, MFU, memory, FILA init on the GPU) needs one")
         return
     levers = [f"--{k}" for k in ("compile", "bf16_frozen") if getattr(args, k)]  # ours only
     flags = levers + ["--fused"] * args.fused
@@ -131,7 +131,7 @@ def bench_gpu(args):
 
     def child(one):
         try:
-            r = subprocess.run([sys.executable, __file__, "--one", one] + common,
+            r = subprocess.run([sys.executable, "-m", "experiments.bench_gpu", "--one", one] + common, cwd=REPO,
                                capture_output=True, text=True, timeout=args.timeout)
         except subprocess.TimeoutExpired:
             return dict(error=f"timed out after {args.timeout}s")

@@ -7,10 +7,28 @@ import random
 import signal
 import threading
 import time
+from dataclasses import dataclass, field
 
 import torch
 
-import ddp
+from lib import ddp
+from lib.evaluation import Evaluation
+
+
+@dataclass
+class RunState:
+    """Where a run is: what state.pt keeps (as JSON-like data, which torch.load's weights_only reads)."""
+    step: int = 0
+    loss: float = None
+    rule_met: dict = None       # {epoch, step} of the first evaluation that met the stopping rule
+    history: list = field(default_factory=list)  # [Evaluation], the start first
+
+    def to_json(self):
+        return dict(step=self.step, loss=self.loss, rule_met=self.rule_met, history=[h.to_json() for h in self.history])
+
+    @classmethod
+    def from_json(cls, d):
+        return cls(d["step"], d["loss"], d["rule_met"], [Evaluation.from_json(h) for h in d["history"]])
 
 
 def schedule(seed, n_forget, n_retain, batch_size, epochs):
@@ -50,15 +68,19 @@ def autocast(device):
     return contextlib.nullcontext()
 
 
-def update(optimizer, params, loss):
-    """Backward, clip the gradient to norm 1, step. Under torchrun `loss` is this process's weighted
-    shard of the batch (ddp.py) and the loss returned is the whole batch's. Returns (loss, None), or
-    (loss, 'loss' | 'gradient') without applying anything if that is not finite (GA can get there)."""
+def update(optimizer, params, loss, clip=1.0):
+    """The one optimizer update of every training loop here: backward, clip the gradient to norm
+    `clip` (None: no clipping), step. Under torchrun `loss` is this process's weighted shard of the
+    batch (ddp.py) and the loss returned is the whole batch's. Returns (loss, None), or (loss, 'loss' |
+    'gradient') without applying anything if that is not finite (GA can get there)."""
     total = ddp.all_reduce_sum(loss.detach().clone())
     optimizer.zero_grad(set_to_none=True)
     (loss * ddp.world()).backward()  # DDP averages the processes' gradients
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
-    if not torch.isfinite(total) or not torch.isfinite(grad_norm):
+    if clip is None:
+        finite = all(torch.isfinite(p.grad).all() for p in params if p.grad is not None)
+    else:
+        finite = torch.isfinite(torch.nn.utils.clip_grad_norm_(params, clip))
+    if not torch.isfinite(total) or not finite:
         return total.item(), "loss" if not torch.isfinite(total) else "gradient"
     optimizer.step()
     return total.item(), None

@@ -1,10 +1,10 @@
 """Benchmarks and checks behind the figures in RESULTS.md. Each prints what it measured.
 
-    python bench.py step           # one training step, full fine-tuning vs LoRA, against the matmul peak
-    python bench.py fisher         # Fisher pass vs a forward+backward epoch; FILA / PiSSA init time
-    python bench.py faults --n 20  # SIGKILL unlearn.py at random moments; are all files whole? resume?
+    python -m experiments.bench step           # one training step, full fine-tuning vs LoRA, against the matmul peak
+    python -m experiments.bench fisher         # Fisher pass vs a forward+backward epoch; FILA / PiSSA init time
+    python -m experiments.bench faults --n 20  # SIGKILL unlearn.py at random moments; are all files whole? resume?
 
-The GPU benchmark (LoRA step vs transformers + peft at GPT-2 shapes, FILA init) is bench_gpu.py.
+The GPU benchmark (LoRA step vs transformers + peft at GPT-2 shapes, FILA init) is experiments/bench_gpu.py.
 """
 import argparse
 import glob
@@ -20,12 +20,12 @@ import time
 
 import torch
 
-import corpus
-import data
 import fisher
 import lora
+from lib import corpus, data
 from model import GPT, GPTConfig, lm_loss
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the commands run from there
 GPT2_SMALL = GPTConfig(block_size=1024, vocab_size=50257, n_layer=12, n_head=12, n_embd=768)
 
 
@@ -148,7 +148,7 @@ def bench_step(args):
     for shape, (cfg, B, T) in SHAPES.items():
         ours = None
         for mode in ("full", "lora") + (("peft",) if args.peer else ()):
-            code, out, err, rss = run_child([sys.executable, __file__, "step_one", "--shape", shape, "--mode", mode,
+            code, out, err, rss = run_child([sys.executable, "-m", "experiments.bench", "step_one", "--shape", shape, "--mode", mode,
                                              "--rank", str(args.rank), "--repeat", str(args.repeat)], env)
             if code != 0:
                 print(f"{shape:14s}{mode:>14s}: failed ({err.strip().splitlines()[-1]})")
@@ -165,7 +165,7 @@ def run_child(cmd, env):
     """Run a command -> (exit code, stdout, stderr, its peak resident memory in MiB): os.wait4 reports
     the child's own peak (ru_maxrss, KiB on Linux)."""
     with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env, text=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env, text=True, cwd=REPO)
         out = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)  # already reaped: Popen must not wait again
@@ -225,7 +225,7 @@ def bench_faults(args):
     work = tempfile.mkdtemp()
     ref = os.path.join(work, "reference")
     t0 = time.time()
-    subprocess.run(cmd + ["--out", ref], check=True, capture_output=True)  # builds out/base.pt if missing
+    subprocess.run(cmd + ["--out", ref], check=True, capture_output=True, cwd=REPO)  # builds out/world0/ if missing
     duration = time.time() - t0
     def outcome(folder):  # what must match the uninterrupted run: metrics (but the folder name), adapter
         m = json.load(open(os.path.join(folder, "metrics.json")))
@@ -236,7 +236,7 @@ def bench_faults(args):
     counts = dict(kills=0, files_checked=0, broken_files=0, leftover_tmp=0, resumed=0, resumed_identical=0)
     for i in range(args.n):
         out = os.path.join(work, f"run{i}")
-        proc = subprocess.Popen(cmd + ["--out", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd + ["--out", out], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
         time.sleep(rng.uniform(0.2, duration))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -248,7 +248,7 @@ def bench_faults(args):
             counts["files_checked"] += 1
             counts["broken_files"] += not file_is_whole(path)
         if os.path.exists(os.path.join(out, "state.pt")):
-            subprocess.run([sys.executable, "unlearn.py", "--resume", out], check=True, capture_output=True)
+            subprocess.run([sys.executable, "unlearn.py", "--resume", out], check=True, capture_output=True, cwd=REPO)
             counts["resumed"] += 1
             counts["resumed_identical"] += outcome(out) == want
     shutil.rmtree(work)

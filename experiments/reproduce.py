@@ -1,13 +1,13 @@
 """The fair protocol (METHOD §7): settings are chosen on one world and reported on five others.
 
-    python reproduce.py              # sweep on world 0, selection, grid on worlds 1-5 -> results/
-    python reproduce.py --quick      # a smaller version: worlds 1-2, one learning rate per adapter
-    python reproduce.py --default    # only the default run (IHL + FILA at unlearn.py's lr) on worlds 1-5
+    python -m experiments.reproduce              # sweep on world 0, selection, grid on worlds 1-5 -> experiments/results/
+    python -m experiments.reproduce --quick      # a smaller version: worlds 1-2, one learning rate per adapter
+    python -m experiments.reproduce --default    # only the default run (IHL + FILA at unlearn.py's lr) on worlds 1-5
 
-0. The world itself and the default's settings were chosen on world 0 by world_search.py.
+0. The world itself and the default's settings were chosen on world 0 by experiments/world_search.py.
 1. Sweep, on the development world (corpus seed 0): every loss x adapter at every learning rate
    of LRS[adapter] and, for the losses with a retain term (GD, NPO, IHL), every λ of LAMBDAS.
-2. Selection, by a rule fixed before the final runs (`select`): among a setting's runs that met
+2. Selection, by a rule fixed before the final runs (`best_setting`): among a setting's runs that met
    the stopping rule, the highest model utility at the step where each first met it; if none met
    it, the lowest forget QA at the end (then the highest utility).
 3. Grid: the chosen settings on worlds 1-5, each world with its own base model and oracle (trained
@@ -17,7 +17,7 @@
 Also per world: does the oracle meet the stopping rule (it must), and the default run's goals; and
 the paper's comparisons (`COMPARISONS`), world by world: "at equal forgetting" only where both
 runs met the rule, else "not comparable", with both end states.
-Writes results/sweep.json, grid.json, protocol.md and grid.png; every run's row in results/full/runs/,
+Writes experiments/results/sweep.json, grid.json, protocol.md and grid.png; every run's row in experiments/results/full/runs/,
 which later invocations read instead of rerunning (delete that folder after changing the code).
 Every run evaluates every EVAL_EVERY steps, the default run here included.
 """
@@ -29,13 +29,10 @@ from dataclasses import replace
 
 import numpy as np
 
-import bench
-import data
-import evaluation
-import report
-import tasks
 import train
 import unlearn
+from lib import evaluation, metrics, report, tasks, userio
+from experiments import bench
 
 LOSSES, ADAPTERS = ("ga", "gd", "npo", "ihl"), ("full", "lora", "pissa", "fila")
 LRS = {"full": (1e-4, 3e-4), "lora": (1e-3, 2e-3), "pissa": (1e-3, 2e-3), "fila": (1e-3, 2e-3)}
@@ -70,7 +67,7 @@ def one_run(work, corpus_seed, base_dir, epochs=EPOCHS, tag="", eval_every=EVAL_
     if os.path.exists(path):
         return json.load(open(path))
     row = measure(work, corpus_seed, base_dir, epochs, key, eval_every, **settings)
-    data.atomic_write(path, json.dumps(row).encode())
+    userio.atomic_write(path, json.dumps(row).encode())
     return row
 
 
@@ -79,22 +76,24 @@ def measure(work, corpus_seed, base_dir, epochs, key, eval_every, **settings):
                                 out=os.path.join(base_dir, "protocol-runs", key), **settings)
     t0 = time.time()
     _, r = unlearn.run(cfg, log=lambda line: None)
-    at = r["rule_met"] or r["history"][-1]
-    f = at["forget"]
-    return dict(settings, world=corpus_seed, met=r["rule_met"] is not None, steps=at["step"],
-                forget_qa=f["qa_acc"], well_formed=f.get("answers_well_formed"), retain_qa=at["retain"]["qa_acc"],
-                general_qa=at["general"]["qa_acc"], pretraining_qa=at["pretraining"]["qa_acc"],
-                model_utility=at["model_utility"], answer_after=r["generations"][0]["after"], fluency=f.get("fluency"), privacy_leakage=f.get("privacy_leakage"),
-                forget_quality=np.log10(max(at["forget_quality"], 1e-300)), forget_tr=f["truth_ratio"],
-                start={k: r["history"][0][s]["qa_acc"] for k, s in (("retain_qa", "retain"), ("general_qa", "general"),
-                                                                         ("pretraining_qa", "pretraining"))}
-                | dict(fluency=r["history"][0]["forget"]["fluency"]),
-                holdout_qa=r["holdout_start"]["qa_acc"], thresholds=r["thresholds"], oracle=r["oracle_forget"],
+    at, first = r.rule_met or r.history[-1], r.history[0]
+    f = at.forget
+    return dict(settings, world=corpus_seed, met=r.rule_met is not None, steps=at.step,
+                forget_qa=f["qa_acc"], well_formed=f.get("answers_well_formed"), retain_qa=at.split("retain")["qa_acc"],
+                general_qa=at.split("general")["qa_acc"], pretraining_qa=at.split("pretraining")["qa_acc"],
+                model_utility=at.model_utility, answer_after=r.generations[0]["after"], fluency=f.get("fluency"),
+                privacy_leakage=f.get("privacy_leakage"),
+                forget_quality=np.log10(max(at.forget_quality, 1e-300)), forget_tr=f["truth_ratio"],
+                start={k: first.split(s)["qa_acc"] for k, s in (("retain_qa", "retain"), ("general_qa", "general"),
+                                                                ("pretraining_qa", "pretraining"))}
+                | dict(fluency=first.forget["fluency"]),
+                holdout_qa=r.holdout_start["qa_acc"], thresholds=r.thresholds and r.thresholds.to_json(),
+                oracle=r.oracle_forget, el_n=cfg.el_n,
                 checks=[list(c) for c in report.checks(r)], seconds=time.time() - t0,
-                curve=[(h["step"], h["forget"]["qa_acc"], h.get("retain", {}).get("qa_acc")) for h in r["history"]])
+                curve=[(h.step, h.forget["qa_acc"], h.split("retain").get("qa_acc")) for h in r.history])
 
 
-def select(runs):
+def best_setting(runs):
     """The selection rule, fixed in advance: the best model utility among runs that met the stopping
     rule (at the step each met it); if none did, the lowest forget QA at the end, then the best utility."""
     met = [r for r in runs if r["met"]]
@@ -158,9 +157,9 @@ def oracle_table(rows):
              "|---|---|---|---|---|"]
     for w in sorted({r["world"] for r in rows}):
         r = next(r for r in rows if r["world"] == w)
-        t, o = r["thresholds"], r["oracle"]
-        lines.append(f"| {w} | {t['ma']:.3f} / {o['ma']:.3f} | {t['el']:.3f} / {o['el4']:.3f} | "
-                     f"{t['qa']:.3f} / {o['qa_acc']:.3f} | {'yes' if evaluation.rule_met(o, t, 'el4') else 'NO'} |")
+        t, o, n = metrics.Thresholds(**r["thresholds"]), r["oracle"], r.get("el_n", unlearn.UnlearnConfig.el_n)  # older rows: the default's
+        lines.append(f"| {w} | {t.ma:.3f} / {o['ma']:.3f} | {t.el:.3f} / {o[evaluation.el_key(n)]:.3f} | "
+                     f"{t.qa:.3f} / {o['qa_acc']:.3f} | {'yes' if evaluation.rule_met(o, t, n) else 'NO'} |")
     return "\n".join(lines)
 
 
@@ -209,7 +208,7 @@ def main():
     p.add_argument("--quick", action="store_true", help="worlds 1-2 and one learning rate per adapter")
     p.add_argument("--default", action="store_true", help="only the default run, on the report worlds")
     p.add_argument("--base_dir", default="out", help="where the worlds' base models and oracles live")
-    p.add_argument("--out", default="results", help="folder for the tables, the runs and the figure")
+    p.add_argument("--out", default=os.path.join("experiments", "results"), help="folder for the tables, the runs and the figure")
     p.add_argument("--worlds", type=int, nargs="+", help=f"report worlds (default {' '.join(map(str, REPORT_WORLDS))})")
     p.add_argument("--part", default="0/1", help="i/n: do every n-th run, from the i-th (run n processes "
                    "with 0/n .. n-1/n side by side, then once more without --part to write the tables)")
@@ -224,7 +223,7 @@ def main():
                           f"λ {r['retain_weight']:g}: "
                           f"{'met at step ' + str(r['steps']) if r['met'] else 'not met':16s} forget QA {r['forget_qa']:.2f}  "
                           f"retain {r['retain_qa']:.2f}  general {r['general_qa']:.2f}  fluency {r['fluency']:.2f}", flush=True)
-    md = ["# Results of `python reproduce.py" + (" --quick" if a.quick else "") + (" --default" if a.default else "") + "`", ""]
+    md = ["# Results of `python -m experiments.reproduce" + (" --quick" if a.quick else "") + (" --default" if a.default else "") + "`", ""]
     default = unlearn.resolve(unlearn.UnlearnConfig())
     default = dict(loss=default.loss, adapter=default.adapter, lr=default.lr, retain_weight=default.retain_weight,
                    rank=default.rank)
@@ -234,7 +233,7 @@ def main():
         for r in rows:
             say(r)
         md += ["## The default run on the report worlds", "", checks_table(rows), "", oracle_table(rows)]
-        data.atomic_write(os.path.join(a.out, "default.md"), "\n".join(md).encode())
+        userio.atomic_write(os.path.join(a.out, "default.md"), "\n".join(md).encode())
         return print("\n".join(md))
     todo = [s for loss in LOSSES for adapter in ADAPTERS for s in settings(loss, adapter, lrs)]
     for i, s in enumerate(todo):
@@ -243,12 +242,12 @@ def main():
     while parts > 1 and not all(os.path.exists(os.path.join(work, "runs", run_key(DEV_WORLD, s) + ".json")) for s in todo):
         time.sleep(5)  # the other parts' sweep runs: the grid needs all of them for the selection
     sweep = [one_run(work, DEV_WORLD, a.base_dir, **s) for s in todo]
-    chosen = {(l, ad): select([r for r in sweep if r["loss"] == l and r["adapter"] == ad]) for l in LOSSES for ad in ADAPTERS}
-    data.atomic_write(os.path.join(a.out, "sweep.json"), json.dumps(sweep, indent=1).encode())
+    chosen = {(l, ad): best_setting([r for r in sweep if r["loss"] == l and r["adapter"] == ad]) for l in LOSSES for ad in ADAPTERS}
+    userio.atomic_write(os.path.join(a.out, "sweep.json"), json.dumps(sweep, indent=1).encode())
     grid = [(w, dict(loss=loss, adapter=adapter, lr=best["lr"], retain_weight=best["retain_weight"]))
             for w in worlds for (loss, adapter), best in chosen.items()]
     for w in worlds[part::parts]:  # each part fine-tunes its share of the worlds' base models and oracles first
-        tasks.load_base_and_oracle(tasks.world_dir(a.base_dir, w), "cpu", print, replace(train.TrainConfig(), corpus_seed=w))
+        tasks.finetune_missing(tasks.world_dir(a.base_dir, w), "cpu", print, replace(train.TrainConfig(), corpus_seed=w))
     while not all(os.path.exists(os.path.join(tasks.world_dir(a.base_dir, w), f"{m}.pt")) for w in worlds for m in ("base", "oracle")):
         time.sleep(5)
     for i, (w, s) in enumerate(grid):
@@ -259,10 +258,10 @@ def main():
     if parts > 1:
         return print(f"part {a.part} done; when every part is, run the same command without --part for the tables")
     rows = [one_run(work, w, a.base_dir, **s) for w, s in grid]
-    data.atomic_write(os.path.join(a.out, "grid.json"), json.dumps(rows, indent=1).encode())
+    userio.atomic_write(os.path.join(a.out, "grid.json"), json.dumps(rows, indent=1).encode())
     figure(rows, os.path.join(a.out, "grid.png"))
     md += ["## 1. Sweep on the development world (corpus seed 0)", "", grid_table(sweep), "",
-           "One run per row (world 0 only, so no ± here). Chosen by `select`: " +
+           "One run per row (world 0 only, so no ± here). Chosen by `best_setting`: " +
            "; ".join(f"{l.upper()} + {ad}: lr {chosen[l, ad]['lr']:g}, λ {chosen[l, ad]['retain_weight']:g}"
                      for l, ad in chosen), "",
            f"## 2. The chosen settings on worlds {', '.join(map(str, worlds))} (mean ± std over worlds)", "",
@@ -277,7 +276,7 @@ def main():
            f"Wall time of this command: {time.time() - t0:.0f} s on {os.cpu_count()} CPU cores (runs kept from an "
            f"earlier or parallel invocation are read, not rerun); float32 matmul peak measured now: "
            f"{bench.matmul_peak():.0f} GFLOP/s."]
-    data.atomic_write(os.path.join(a.out, "protocol.md"), "\n".join(md).encode())
+    userio.atomic_write(os.path.join(a.out, "protocol.md"), "\n".join(md).encode())
     print("\n".join(md))
 
 
