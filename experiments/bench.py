@@ -80,7 +80,9 @@ def step_flops(cfg, B, T, r, lora_on):
 
 
 def measure_step(model, params, x, y, repeat):
-    """Median seconds of forward + backward + AdamW step, after two warm-up steps."""
+    """Median seconds of forward + backward + AdamW step, after two warm-up steps. A bare step, not
+    runtime.update (no clipping, no finite check), because hf_peft_step times peft's the same way:
+    both sides do the same work."""
     opt = torch.optim.AdamW(params, lr=1e-4)
 
     def step():

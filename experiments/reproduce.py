@@ -66,9 +66,9 @@ def one_run(work, corpus_seed, base_dir, epochs=EPOCHS, tag="", eval_every=EVAL_
     path = os.path.join(work, "runs", key + ".json")
     if os.path.exists(path):
         return json.load(open(path))
-    row = measure(work, corpus_seed, base_dir, epochs, key, eval_every, **settings)
+    row = json.loads(json.dumps(measure(work, corpus_seed, base_dir, epochs, key, eval_every, **settings)))
     userio.atomic_write(path, json.dumps(row).encode())
-    return row
+    return row  # as a later invocation reads it: lists, not tuples
 
 
 def measure(work, corpus_seed, base_dir, epochs, key, eval_every, **settings):

@@ -1,0 +1,26 @@
+"""The experiments still run: the protocol's and the search's machinery on the tiny world of
+conftest.py (one run per setting, a few steps), and every table they write from its rows."""
+from experiments import bench, reproduce, world_search
+
+
+def test_protocol_rows_and_tables(base_dir, tmp_path):
+    rows = [reproduce.one_run(str(tmp_path), 0, str(base_dir), epochs=2, eval_every=2, loss=loss, adapter=adapter,
+                              lr=1e-2, retain_weight=1.0)
+            for loss, adapter in {pair for _, a, b in reproduce.COMPARISONS for pair in (a, b)}]
+    again = reproduce.one_run(str(tmp_path), 0, str(base_dir), epochs=2, eval_every=2, loss="ihl", adapter="fila",
+                              lr=1e-2, retain_weight=1.0)
+    assert again == next(r for r in rows if (r["loss"], r["adapter"]) == ("ihl", "fila"))  # read back, not rerun
+    for r in rows:
+        assert 0 <= r["forget_qa"] <= 1 and r["steps"] > 0 and len(r["checks"]) >= 3
+    assert reproduce.best_setting(rows) in rows
+    text = "\n".join([reproduce.grid_table(rows), reproduce.comparisons_table(rows), reproduce.oracle_table(rows),
+                      reproduce.checks_table(rows)])
+    assert "| IHL | fila | 0.01 | 1 |" in text and "All goals met on" in text
+    search_rows = [dict(r, candidate="tiny") for r in rows]
+    assert world_search.best_run(search_rows) in search_rows and "| tiny |" in world_search.table(search_rows)
+
+
+def test_step_flops_count_lora_as_cheaper():
+    cfg, B, T = bench.SHAPES["default"]
+    full, lora = bench.step_flops(cfg, B, T, 4, False), bench.step_flops(cfg, B, T, 4, True)
+    assert lora < full  # LoRA skips the weight gradients of every dense matrix
