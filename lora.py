@@ -17,11 +17,6 @@ import math
 import torch
 import torch.nn as nn
 
-# Short names for the Linear layers of a block (model.py): the ones the paper adapts.
-LAYERS = {"q": "attn.c_q", "k": "attn.c_k", "v": "attn.c_v", "o": "attn.c_proj",
-          "up": "mlp.c_fc", "down": "mlp.c_proj"}
-
-
 class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, rank: int, alpha: float):
         super().__init__()
@@ -64,21 +59,22 @@ class LoRALinear(nn.Module):
         return f"rank={self.rank}, alpha={self.alpha}"
 
 
-def add_lora(model, rank, alpha, layers=tuple(LAYERS)):
-    """Wrap the named Linear layers (LAYERS' short names) of every block with LoRALinear and freeze
-    everything else. Never the embedding or the tied output head. Returns {module name: LoRALinear}."""
-    if unknown := set(layers) - set(LAYERS):
-        raise ValueError(f"unknown LoRA layers {sorted(unknown)}; choose from {list(LAYERS)}")
+def add_lora(model, rank, alpha, layers=None):
+    """Wrap the named Linear layers of every block (short names of model.lora_targets; default: all of
+    them, the paper's q, k, v, o and the MLP's) with LoRALinear and freeze everything else. Never the
+    embedding or the output head. Returns {module name: LoRALinear}."""
+    targets = model.lora_targets
+    if unknown := set(layers or ()) - set(targets):
+        raise ValueError(f"unknown LoRA layers {sorted(unknown)}; choose from {list(targets)}")
     model.requires_grad_(False)
     wrapped = {}
-    for i, block in enumerate(model.transformer.h):
-        for short in layers:
-            parent_name, attr = LAYERS[short].split(".")
+    for block in model.blocks:
+        for short in layers or targets:
+            parent_name, attr = targets[short].split(".")
             parent = getattr(block, parent_name)
             lora = LoRALinear(getattr(parent, attr), rank, alpha)
             setattr(parent, attr, lora)
-            wrapped[f"transformer.h.{i}.{LAYERS[short]}"] = lora
-    return wrapped
+    return lora_layers(model)
 
 
 def lora_layers(model):

@@ -1,14 +1,22 @@
-"""A GPT-2 language model in one file, after nanoGPT, shaped for unlearning.
+"""A decoder-only language model in one file, after nanoGPT and gpt-fast, shaped for unlearning.
+Two families share it; the config picks the parts (METHOD §8):
+
+  GPTConfig    GPT-2:  LayerNorm, learned positions, GELU MLP, biases, head tied to the embedding
+  LlamaConfig  Llama:  RMSNorm, rotary positions (RoPE), SwiGLU MLP, grouped-query attention,
+               no biases, head tied or not (SmolLM2, Llama 2/3, TinyLlama)
 
 - forward(idx) returns logits at every position, (B, T, V): the unlearning losses and the Fisher
   pass need them all, not only the last.
 - token_nll is the one place where the per-token loss is computed; ignored labels (-100) never count.
 - q, k and v are three Linear layers (GPT-2 stores them fused as c_attn): LoRA then adapts each one,
-  as the paper does (METHOD §2). hf.py reads and writes Hugging Face GPT-2 folders.
+  as the paper does (METHOD §2). The model names what the rest of the code needs: its blocks, a
+  fresh key/value cache, and the linear layers LoRA may adapt (lora_targets). Hugging Face and GGUF
+  files are read and written by lib/hf.py and lib/llama_files.py.
 - No dropout: memorising facts and removing them both want a deterministic network.
 """
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -24,7 +32,19 @@ class GPTConfig:  # defaults: the built-in model (GPT-2 small is 1024, 50257, 12
     n_layer: int = 1        # transformer blocks; one wide block memorises the corpus fastest on a CPU
     n_head: int = 8         # attention heads; n_embd must divide by it
     n_embd: int = 256       # width of the residual stream
-    ln_eps: float = 1e-5    # LayerNorm epsilon, as GPT-2
+    ln_eps: float = 1e-5    # epsilon of the norms (LayerNorm here, RMSNorm in a Llama)
+    arch: ClassVar[str] = "gpt2"  # the family (a class constant: not a field, not in a saved config)
+
+
+@dataclass
+class LlamaConfig(GPTConfig):  # defaults: SmolLM2-135M's shape, but 1 layer and a small vocabulary
+    n_embd: int = 576
+    n_head: int = 9
+    n_kv_head: int = 3        # key/value heads: each serves n_head / n_kv_head query heads (GQA)
+    n_hidden: int = 1536      # width of the SwiGLU MLP
+    rope_theta: float = 1e5   # RoPE base θ: angle of pair i at position p is p · θ^(−2i/d)
+    tie_head: bool = True     # the head reuses the embedding matrix (SmolLM2); False: its own (Llama 2)
+    arch: ClassVar[str] = "llama"
 
 
 def causal_mask(T, S, device):
@@ -34,32 +54,73 @@ def causal_mask(T, S, device):
     return torch.ones(T, S, dtype=torch.bool, device=device).tril(diagonal=S - T)
 
 
+def rope_angles(positions, head_dim, theta):
+    """RoPE's (cos, sin), each (T, d), Hugging Face's half-split layout: dimension j and j + d/2 form a
+    pair rotated by the angle p · θ^(−2j/d) (computed in float32, as transformers does)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)  # (d/2,)
+    angle = positions.float()[:, None] * inv_freq[None, :]  # (T, d/2)
+    angle = torch.cat([angle, angle], dim=-1)                # (T, d): both halves of a pair share it
+    return angle.cos(), angle.sin()
+
+
+def rotate(x, rope):
+    """x (B, nh, T, d) rotated pairwise: x·cos + rotate_half(x)·sin, rotate_half(x) = (−x₂, x₁)."""
+    cos, sin = (r.to(x.dtype) for r in rope)
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class RMSNorm(nn.Module):
+    """y = w ⊙ x / sqrt(mean(x²) + ε): LayerNorm without the mean and the bias (Llama), in at least
+    float32 and cast back."""
+
+    def __init__(self, dim, eps):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        x32 = at_least_float32(x)
+        return self.weight * (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+
+def norm(cfg):
+    return RMSNorm(cfg.n_embd, cfg.ln_eps) if cfg.arch == "llama" else nn.LayerNorm(cfg.n_embd, eps=cfg.ln_eps)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         assert cfg.n_embd % cfg.n_head == 0, "n_embd must be a multiple of n_head"
-        self.n_head = cfg.n_head
-        self.c_q = nn.Linear(cfg.n_embd, cfg.n_embd)
-        self.c_k = nn.Linear(cfg.n_embd, cfg.n_embd)
-        self.c_v = nn.Linear(cfg.n_embd, cfg.n_embd)
-        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd)
+        self.n_head, self.hd = cfg.n_head, cfg.n_embd // cfg.n_head
+        self.n_kv = cfg.n_kv_head if cfg.arch == "llama" else cfg.n_head  # key/value heads
+        assert cfg.n_head % self.n_kv == 0, "n_head must be a multiple of n_kv_head"
+        bias = cfg.arch == "gpt2"
+        self.c_q = nn.Linear(cfg.n_embd, self.n_head * self.hd, bias=bias)
+        self.c_k = nn.Linear(cfg.n_embd, self.n_kv * self.hd, bias=bias)
+        self.c_v = nn.Linear(cfg.n_embd, self.n_kv * self.hd, bias=bias)
+        self.c_proj = nn.Linear(self.n_head * self.hd, cfg.n_embd, bias=bias)
 
-    def forward(self, x, cache=None):
+    def forward(self, x, cache=None, rope=None):
         B, T, C = x.shape
-        q, k, v = (lin(x).view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-                   for lin in (self.c_q, self.c_k, self.c_v))
+        q, k, v = (lin(x).view(B, T, n, self.hd).transpose(1, 2)  # (B, heads, T, hd)
+                   for lin, n in ((self.c_q, self.n_head), (self.c_k, self.n_kv), (self.c_v, self.n_kv)))
+        if rope is not None:  # Llama: rotate q and k by their absolute positions (the cache keeps rotated keys)
+            q, k = rotate(q, rope), rotate(k, rope)
         if cache is not None:  # generation: keep keys/values of earlier positions instead of recomputing
             if "k" in cache:
                 k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
             cache["k"], cache["v"] = k, v
         S = k.size(2)  # keys: S − T cached ones, then these T
         mask = causal_mask(T, S, x.device) if S > T > 1 else None  # T new tokens after a filled cache
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=S == T > 1)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: (B, T, C)
+        # Grouped-query attention: key/value head j serves query heads j·g .. j·g + g − 1, g = n_head / n_kv.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=S == T > 1,
+                                           enable_gqa=self.n_kv != self.n_head)  # (B, nh, T, hd)
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.hd)  # re-assemble heads
         return self.c_proj(y)
 
 
-class MLP(nn.Module):
+class MLP(nn.Module):  # GPT-2
     def __init__(self, cfg):
         super().__init__()
         self.c_fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd)
@@ -69,34 +130,55 @@ class MLP(nn.Module):
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's "gelu_new"
 
 
+class SwiGLU(nn.Module):  # Llama: down(silu(gate(x)) ⊙ up(x))
+    def __init__(self, cfg):
+        super().__init__()
+        self.gate = nn.Linear(cfg.n_embd, cfg.n_hidden, bias=False)
+        self.up = nn.Linear(cfg.n_embd, cfg.n_hidden, bias=False)
+        self.down = nn.Linear(cfg.n_hidden, cfg.n_embd, bias=False)
+
+    def forward(self, x):
+        return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
 class Block(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.ln_eps)
+        self.ln_1 = norm(cfg)
         self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.ln_eps)
-        self.mlp = MLP(cfg)
+        self.ln_2 = norm(cfg)
+        self.mlp = SwiGLU(cfg) if cfg.arch == "llama" else MLP(cfg)
 
-    def forward(self, x, cache=None):  # pre-LayerNorm residual block
-        x = x + self.attn(self.ln_1(x), cache)
+    def forward(self, x, cache=None, rope=None):  # pre-norm residual block
+        x = x + self.attn(self.ln_1(x), cache, rope)
         return x + self.mlp(self.ln_2(x))
+
+
+# The linear layers of a block that LoRA may adapt, by short name (the paper's q, k, v, o, and the MLP's).
+LORA_TARGETS = {
+    "gpt2": {"q": "attn.c_q", "k": "attn.c_k", "v": "attn.c_v", "o": "attn.c_proj", "up": "mlp.c_fc", "down": "mlp.c_proj"},
+    "llama": {"q": "attn.c_q", "k": "attn.c_k", "v": "attn.c_v", "o": "attn.c_proj",
+              "gate": "mlp.gate", "up": "mlp.up", "down": "mlp.down"},
+}
 
 
 class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.config = cfg
+        llama = cfg.arch == "llama"
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
-            wpe=nn.Embedding(cfg.block_size, cfg.n_embd),
+            **({} if llama else dict(wpe=nn.Embedding(cfg.block_size, cfg.n_embd))),  # Llama: RoPE instead
             h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
-            ln_f=nn.LayerNorm(cfg.n_embd, eps=cfg.ln_eps),
+            ln_f=norm(cfg),
         ))
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.transformer.wte.weight  # weight tying: one matrix reads and writes tokens
+        if not llama or cfg.tie_head:
+            self.lm_head.weight = self.transformer.wte.weight  # weight tying: one matrix reads and writes tokens
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale residual projections by 1/sqrt(2 * n_layer)
-            if name.endswith("c_proj.weight"):
+            if name.endswith(("c_proj.weight", "down.weight")):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
 
     @staticmethod
@@ -106,17 +188,34 @@ class GPT(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
+    @property
+    def blocks(self):
+        return self.transformer.h
+
+    @property
+    def lora_targets(self):
+        """{short name: path inside a block} of the linear layers LoRA may adapt."""
+        return LORA_TARGETS[self.config.arch]
+
+    def new_cache(self):
+        """An empty key/value cache for forward(idx, cache): one dict per block."""
+        return [dict() for _ in self.blocks]
+
     def forward(self, idx, cache=None):
         """idx (B, T) token ids -> logits (B, T, V); logits[:, t] predicts token t + 1.
-        `cache`, a list of one dict per block, makes generation reuse earlier keys and values."""
+        `cache` (new_cache()) makes generation reuse earlier keys and values."""
         past = cache[0]["k"].size(2) if cache and "k" in cache[0] else 0
         T = idx.size(1)
         if past + T > self.config.block_size:
             raise ValueError(f"sequence of {past + T} tokens exceeds block_size {self.config.block_size}")
         pos = torch.arange(past, past + T, device=idx.device)
-        x = self.transformer.wte(idx) + self.transformer.wpe(pos)  # (B, T, C)
-        for i, block in enumerate(self.transformer.h):
-            x = block(x, None if cache is None else cache[i])
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if self.config.arch == "llama":
+            rope = rope_angles(pos, self.config.n_embd // self.config.n_head, self.config.rope_theta)
+        else:
+            x, rope = x + self.transformer.wpe(pos), None
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if cache is None else cache[i], rope)
         return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
 
     @torch.no_grad()
@@ -127,8 +226,8 @@ class GPT(nn.Module):
         for i in range(max_new_tokens):
             if cache is None:
                 # (Re)fill the cache from the last block_size tokens: at the start, and once the
-                # sequence outgrows the position embeddings (the context is then cropped, as nanoGPT).
-                cache = [dict() for _ in self.transformer.h]
+                # sequence outgrows the context (it is then cropped, as nanoGPT).
+                cache = self.new_cache()
                 logits = self(idx[:, -self.config.block_size:], cache)[:, -1]  # (B, V)
             if temperature == 0:
                 nxt = logits.argmax(-1, keepdim=True)
@@ -147,8 +246,6 @@ class GPT(nn.Module):
                 else:
                     cache = None
         return idx
-
-
 def at_least_float32(x):
     """Half-precision logits (bf16 autocast) are upcast for the softmax; float32 and float64 stay."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

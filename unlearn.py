@@ -2,7 +2,7 @@
 
     python unlearn.py --loss ihl                  # IHL + FILA-initialised LoRA: the paper's method
     python unlearn.py --loss ga --adapter lora    # the baseline it improves on
-    python unlearn.py --init_from gpt2 --forget_file f.txt --retain_file r.txt --holdout_file h.txt
+    python unlearn.py --init_from smollm2-135m --forget_file f.txt --retain_file r.txt --holdout_file h.txt
 
 Each step: the unlearning loss on a forget batch, plus λ·NLL on a random retain batch (λ = 2 for
 gd, ihl and npo, 0 for ga). Every epoch (or --eval_every steps): QA metrics, fluency and privacy
@@ -87,11 +87,11 @@ class UnlearnConfig:
     device: str = opt("auto", "auto (cuda, then mps, then cpu) | cpu | cuda | mps")
     base_dir: str = opt("out", "folder of the worlds: <base_dir>/world<corpus_seed>/base.pt and oracle.pt (trained there if missing)")
     out: str = opt(None, "run folder (default out/<loss>-<adapter>-s<seed>)")
-    init_from: str = opt(None, "a Hugging Face GPT-2 folder (config.json, model.safetensors, vocab.json) or name")
+    init_from: str = opt(None, "a real model: a Hugging Face GPT-2 or Llama folder, a .gguf file, or smollm2-135m (hf.load)")
     forget_file: str = opt(None, "your forget set: text, one sequence per line, or .jsonl (text, or prompt+answer)")
     retain_file: str = opt(None, "your retain set, same formats")
     holdout_file: str = opt(None, "unseen text of the same kind: the thresholds of the stopping rule")
-    save_merged: bool = opt(False, "also save the merged model as a Hugging Face GPT-2 folder, out/<run>/hf")
+    save_merged: bool = opt(False, "also save the merged model as a Hugging Face folder, out/<run>/hf")
     compile: bool = opt(False, "torch.compile the model (worth it on a GPU; slow to start)")
 
 
@@ -123,7 +123,7 @@ def add_adapters(model, cfg, forget, retain, log, saved=None):
         if saved is not None:
             model.load_state_dict(saved)
         return model.requires_grad_(True)
-    smallest = min(min(m.weight.shape) for name, m in model.named_modules() if name.endswith(tuple(lora.LAYERS.values())))
+    smallest = min(min(block.get_submodule(path).weight.shape) for block in model.blocks for path in model.lora_targets.values())
     if cfg.rank > smallest:
         raise UserError(f"--rank {cfg.rank} exceeds the smallest adapted layer dimension; use --rank <= {smallest}")
     lora.add_lora(model, cfg.rank, cfg.alpha)
@@ -133,9 +133,10 @@ def add_adapters(model, cfg, forget, retain, log, saved=None):
         if not retain:
             raise UserError("--adapter fila needs retain data for the retain Fisher: give --retain_file")
         t0 = time.time()
-        mine = lambda examples: list(data.batches(examples, 4))[ddp.rank()::ddp.world()]  # this rank's batches
-        f_forget = fisher.fisher_diagonal(model, mine(forget), cfg.device, ddp.all_reduce_sum)
-        f_retain = fisher.fisher_diagonal(model, mine(retain), cfg.device, ddp.all_reduce_sum)
+        mine = lambda examples, what: runtime.progress(  # this rank's batches, with a progress line
+            list(data.batches(examples, 4))[ddp.rank()::ddp.world()], log, f"Fisher on the {what} set")
+        f_forget = fisher.fisher_diagonal(model, mine(forget, "forget"), cfg.device, ddp.all_reduce_sum)
+        f_retain = fisher.fisher_diagonal(model, mine(retain, "retain"), cfg.device, ddp.all_reduce_sum)
         log(f"Fisher on {len(forget)} forget and {len(retain)} retain sequences: {time.time() - t0:.1f}s")
         fisher.init_adapters(model, "fila", f_forget, f_retain, eps=cfg.fila_eps)
     elif cfg.adapter == "pissa":
@@ -178,7 +179,7 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
     ref = copy.deepcopy(model).requires_grad_(False) if cfg.loss == "npo" else None  # NPO's π_ref
 
     # 1. The start: its scores, the stopping rule's thresholds (from people it never saw), its answers.
-    start, state = starting_point(task, cfg, resume)
+    start, state = starting_point(task, cfg, resume, log)
     thr = start.thresholds
 
     # 2. Fisher on forget and retain -> FILA-initialised adapters (or LoRA, PiSSA, full fine-tuning).
@@ -193,13 +194,13 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
 
     def record_scores(final=False):  # evaluate and record; -> whether the stopping rule is met now
         epoch = runtime.epochs_done(state.step, len(forget), cfg.batch_size)
-        e = evaluation.evaluate(model, task, cfg, epoch, state.step, state.loss, thr, final, everything=False)
-        met = evaluation.rule_met(e.forget, thr, cfg.el_n)  # the forget split alone decides the rule
-        if met or final or len(state.history) % SCORE_ALL_EVERY == 0:  # the retained splits, where it matters
-            evaluation.complete(e, model, task, cfg)
+        with clock.evaluating(log):
+            e = evaluation.evaluate(model, task, cfg, epoch, state.step, state.loss, thr, final, everything=False)
+            met = evaluation.rule_met(e.forget, thr, cfg.el_n)  # the forget split alone decides the rule
+            if met or final or len(state.history) % SCORE_ALL_EVERY == 0:  # the retained splits, where it matters
+                evaluation.complete(e, model, task, cfg)
         state.history.append(e)
         state.rule_met = state.rule_met or (dict(epoch=epoch, step=state.step) if met else None)
-        clock.evaluated()
         return met
 
     def save():  # everything needed to continue exactly here (rank 0 writes)
@@ -239,14 +240,20 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
     return model, results(cfg, task, start, state, outcome, params, clock, model)
 
 
-def starting_point(task, cfg, resume):
+def starting_point(task, cfg, resume, log):
     """(evaluation.Start, runtime.RunState): what is measured once on the starting model
     (evaluation.measure_start; the same for every run of a world, so cached there), and where the
     run is. Resuming: both from state.pt."""
     if resume is not None:
         return evaluation.Start.from_json(resume["start"]), runtime.RunState.from_json(resume["state"])
-    scores, start = task.cached(f"start-el{cfg.el_n}-retain{cfg.eval_retain}-{cfg.device.split(':')[0]}",
-                                lambda: [j.to_json() for j in evaluation.measure_start(task.model, task, cfg)])
+    def measure():
+        t0 = time.time()
+        log("measuring the starting model: its scores, and the stopping rule's thresholds from the holdout ...")
+        out = [j.to_json() for j in evaluation.measure_start(task.model, task, cfg)]
+        log(f"measured the starting model: {time.time() - t0:.1f}s")
+        return out
+
+    scores, start = task.cached(f"start-el{cfg.el_n}-retain{cfg.eval_retain}-{cfg.device.split(':')[0]}", measure)
     return evaluation.Start.from_json(start), runtime.RunState(history=[evaluation.Evaluation.from_json(scores)])
 
 

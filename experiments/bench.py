@@ -1,6 +1,7 @@
 """Benchmarks and checks behind the figures in RESULTS.md. Each prints what it measured.
 
     python -m experiments.bench step           # one training step, full fine-tuning vs LoRA, against the matmul peak
+    python -m experiments.bench step --shapes smollm2 --peer   # at SmolLM2-135M's shape, against transformers + peft
     python -m experiments.bench fisher         # Fisher pass vs a forward+backward epoch; FILA / PiSSA init time
     python -m experiments.bench faults --n 20  # SIGKILL unlearn.py at random moments; are all files whole? resume?
 
@@ -23,7 +24,7 @@ import torch
 import fisher
 import lora
 from lib import corpus, data
-from model import GPT, GPTConfig, lm_loss
+from model import GPT, IGNORE, GPTConfig, LlamaConfig, lm_loss
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the commands run from there
 GPT2_SMALL = GPTConfig(block_size=1024, vocab_size=50257, n_layer=12, n_head=12, n_embd=768)
@@ -58,24 +59,29 @@ def matmul_peak(n=2048, repeat=10):
     return 2 * n**3 / timed(lambda: a @ b, repeat) / 1e9
 
 
-def step_flops(cfg, B, T, r, lora_on):
+def step_flops(cfg, B, T, r, lora_on, n_targets=None):
     """FLOPs of one training step, counted by hand (a matmul is 2·m·n·k):
-    - forward: the block Linears, 12·C² multiply-adds per token and layer; the head, V·C; attention,
+    - forward: the block Linears, one multiply-add per weight per token (12·C² per layer for GPT-2);
+      the head, V·C per token that has a target (n_targets of the B·T; all by default); attention,
       the causal half of QKᵀ and of AV: T·C per token and layer;
     - backward, activation gradients: as much again for the Linears and the head, twice the forward
       for attention (dQ, dK, dV and dP);
     - backward, weight gradients: the Linears and the (tied) head once more, but only when they train:
       with LoRA none of them do, only A and B;
-    - LoRA's own path x·Aᵀ·Bᵀ, r·(in + out) per adapted matrix (6 per layer): forward, input
-      gradient and A/B gradients, 3 times.
+    - LoRA's own path x·Aᵀ·Bᵀ, r·(in + out) per adapted matrix: forward, input gradient and A/B
+      gradients, 3 times.
     Embedding lookups, normalisations, activations, softmax and the optimizer are not counted."""
-    N, C, L, V = B * T, cfg.n_embd, cfg.n_layer, cfg.vocab_size
-    dense, attn = 12 * C * C * L + V * C, T * C * L
-    flops = 2 * N * dense + 2 * N * attn              # forward
-    flops += 2 * N * dense + 4 * N * attn             # activation gradients
+    with torch.device("meta"):  # shapes only
+        model = GPT(cfg)
+    linears = [model.blocks[0].get_submodule(path).weight.shape for path in model.lora_targets.values()]
+    N, L, V, C = B * T, cfg.n_layer, cfg.vocab_size, cfg.n_embd
+    head = (N if n_targets is None else n_targets) * V * C
+    dense, attn = sum(o * i for o, i in linears) * L, T * C * L
+    flops = 2 * (N * dense + head) + 2 * N * attn               # forward
+    flops += 2 * (N * dense + head) + 4 * N * attn              # activation gradients
     if not lora_on:
-        return flops + 2 * N * dense                  # weight gradients
-    adapter = r * (4 * 2 * C + 2 * 5 * C) * L
+        return flops + 2 * (N * dense + N * V * C)              # weight gradients (the head's at every position)
+    adapter = r * sum(o + i for o, i in linears) * L
     return flops + 3 * 2 * N * adapter
 
 
@@ -93,42 +99,61 @@ def measure_step(model, params, x, y, repeat):
     return sorted(times)[len(times) // 2]
 
 
-def hf_peft_step(cfg, rank, x, repeat):
-    """The same step through transformers' GPT2LMHeadModel + peft LoRA on the same weights (GPT-2's
-    fused c_attn gets one adapter there: peft adapts the module that holds q, k and v)."""
+def hf_peft_step(cfg, rank, x, y, repeat):
+    """The same step through transformers + peft LoRA on a model of the same shape: GPT2LMHeadModel
+    (GPT-2's fused c_attn gets one adapter there: peft adapts the module that holds q, k and v) or
+    LlamaForCausalLM with adapters on the same seven linears as ours. The loss counts the same targets."""
     try:
         import transformers
         from peft import LoraConfig, get_peft_model
     except ImportError as e:  # the benchmark's peers, not requirements of the project
         raise SystemExit(f"{e.name} is not installed (pip install transformers peft)") from None
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, vocab_size=cfg.vocab_size,
-        n_positions=cfg.block_size, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
-    hf = get_peft_model(hf, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["c_attn", "c_proj", "c_fc"],
-                                       lora_dropout=0.0, fan_in_fan_out=True))
+    if cfg.arch == "llama":
+        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=cfg.n_hidden, num_hidden_layers=cfg.n_layer,
+            num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head, max_position_embeddings=cfg.block_size,
+            rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_head))
+        lora_cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=[
+            "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    else:
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, vocab_size=cfg.vocab_size,
+            n_positions=cfg.block_size, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+        lora_cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["c_attn", "c_proj", "c_fc"],
+                              lora_dropout=0.0, fan_in_fan_out=True)
+    hf = get_peft_model(hf, lora_cfg)
     params = [p for p in hf.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
+    labels = torch.cat([x[:, :1], y], 1)[:, :-1]  # transformers shifts the labels itself: labels[t] = y[t - 1]
+    labels[:, 0] = IGNORE
 
     def step():
         opt.zero_grad(set_to_none=True)
-        hf(input_ids=x, labels=x).loss.backward()
+        hf(input_ids=x, labels=labels).loss.backward()
         opt.step()
     times = [timed(step) for _ in range(repeat + 2)][2:]
     return sorted(times)[len(times) // 2], sum(p.numel() for p in params)
 
 
-SHAPES = {"default": (GPTConfig(), 16, 64), "gpt2": (GPT2_SMALL, 4, 128)}  # config, B, T
+SMOLLM2 = LlamaConfig(block_size=8192, vocab_size=49152, n_layer=30, n_head=9, n_kv_head=3, n_embd=576,
+                      n_hidden=1536, rope_theta=1e5)
+# config, B, T, answer tokens per sequence (None: every token is a target, as in pretraining)
+SHAPES = {"default": (GPTConfig(), 16, 64, None), "gpt2": (GPT2_SMALL, 4, 128, None),
+          "smollm2": (SMOLLM2, 8, 48, 12)}  # a QA batch: the loss counts the answer's tokens only
 MALLOC = dict(MALLOC_MMAP_THRESHOLD_="4294967296", MALLOC_TRIM_THRESHOLD_="4294967296")
 
 
 def step_one(shape, mode, rank, repeat):
     """One measurement, in its own process so that its peak memory is its own: prints JSON."""
-    cfg, B, T = SHAPES[shape]
+    cfg, B, T, answer = SHAPES[shape]
     torch.manual_seed(0)
     x = torch.randint(0, cfg.vocab_size, (B, T))
     y = torch.roll(x, -1, 1)
+    if answer is not None:  # the targets are the last `answer` tokens of x, predicted from the positions before
+        y[:, :T - answer - 1] = IGNORE
+        y[:, -1] = IGNORE
     if mode == "peft":
-        t, n = hf_peft_step(cfg, rank, x, repeat)
+        t, n = hf_peft_step(cfg, rank, x, y, repeat)
     else:
         model = GPT(cfg)
         if mode == "lora":
@@ -147,8 +172,8 @@ def bench_step(args):
           f"peak {peak:.0f} GFLOP/s; glibc malloc {'keeps freed memory (--malloc)' if args.malloc else 'default'}")
     print(f"{'model':14s}{'B x T':>8s}{'mode':>6s}{'trainable':>13s}{'step':>9s}{'tokens/s':>10s}{'GFLOP/step':>12s}"
           f"{'GFLOP/s':>9s}{'of peak':>9s}{'peak RSS':>10s}")
-    for shape, (cfg, B, T) in SHAPES.items():
-        ours = None
+    for shape in args.shapes:
+        (cfg, B, T, answer), ours = SHAPES[shape], None
         for mode in ("full", "lora") + (("peft",) if args.peer else ()):
             code, out, err, rss = run_child([sys.executable, "-m", "experiments.bench", "step_one", "--shape", shape, "--mode", mode,
                                              "--rank", str(args.rank), "--repeat", str(args.repeat)], env)
@@ -156,7 +181,7 @@ def bench_step(args):
                 print(f"{shape:14s}{mode:>14s}: failed ({err.strip().splitlines()[-1]})")
                 continue
             r = json.loads(out.strip().splitlines()[-1])
-            t, flops = r["seconds"], step_flops(cfg, B, T, args.rank, mode != "full")
+            t, flops = r["seconds"], step_flops(cfg, B, T, args.rank, mode != "full", answer and B * answer)
             ours = t if mode == "lora" else ours
             ratio = f"   ours/peft: {ours / t:.2f} ({t / ours:.2f}x faster)" if mode == "peft" and ours else ""
             print(f"{shape:14s}{f'{B}x{T}':>8s}{mode:>6s}{r['trainable']:13,}{t * 1000:8.0f}ms{B * T / t:10,.0f}"
@@ -261,6 +286,7 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("what", choices=["step", "step_one", "fisher", "faults"], help="which benchmark")
     p.add_argument("--shape", choices=list(SHAPES), help="step_one: which model")
+    p.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=["default", "gpt2"], help="step: which models")
     p.add_argument("--mode", choices=["full", "lora", "peft"], help="step_one: what to train")
     p.add_argument("--malloc", action="store_true", help="step: let glibc keep freed memory (no page faults)")
     p.add_argument("--repeat", type=int, default=5, help="step: timed steps, the median is reported")

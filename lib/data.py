@@ -17,14 +17,14 @@ import regex  # tiktoken's own dependency; \p{L} in the pre-tokenizer needs it
 import tiktoken
 import torch
 
-from lib import corpus, userio
+from lib import corpus, userio, vocab
 from lib.userio import UserError
 from model import IGNORE  # the label of positions that never count in a loss (prompts, padding)
 
 # The built-in vocabulary, in the repository's assets/ folder (build_vocab makes it again).
 VOCAB_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "fictitious.tiktoken")
 # GPT-2's pre-tokenizer: words, numbers and punctuation become separate chunks before BPE.
-PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+PAT_STR = vocab.GPT2_PATTERN
 EOT = "<|endoftext|>"
 
 
@@ -96,16 +96,13 @@ def get_tokenizer(name="fictitious", folder=None):
 
 
 def gpt2_from_vocab_json(path):
-    """GPT-2's tiktoken Encoding from a Hugging Face vocab.json: its keys are token bytes written with
-    GPT-2's byte-to-unicode table (printable bytes as themselves, the other 68 as chr(256 + k) in
-    byte order) and its ids are tiktoken's ranks."""
-    printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
-    others = [b for b in range(256) if b not in printable]
-    to_byte = {chr(b): b for b in printable} | {chr(256 + k): b for k, b in enumerate(others)}
+    """GPT-2's tiktoken Encoding from a Hugging Face vocab.json: its keys are token bytes in GPT-2's
+    byte-level alphabet (vocab.unicode_to_byte) and its ids are tiktoken's ranks."""
+    to_byte = vocab.unicode_to_byte()
     with open(path, encoding="utf-8") as f:
-        vocab = json.load(f)
-    specials = {t: i for t, i in vocab.items() if t.startswith("<|") and t.endswith("|>")}
-    ranks = {bytes(to_byte[c] for c in t): i for t, i in vocab.items() if t not in specials}
+        tokens = json.load(f)
+    specials = {t: i for t, i in tokens.items() if t.startswith("<|") and t.endswith("|>")}
+    ranks = {bytes(to_byte[c] for c in t): i for t, i in tokens.items() if t not in specials}
     return tiktoken.Encoding("gpt2", pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens=specials)
 
 

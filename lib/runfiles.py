@@ -110,7 +110,7 @@ def load_run(folder, device="cpu"):
     oracle = None
     if cfg.get("init_from"):
         base = hf.load(cfg["init_from"]).to(device)
-        enc = data.get_tokenizer("gpt2", base.hf_folder)
+        enc = hf.tokenizer(cfg["init_from"])
     else:
         base, oracle, ckpt = tasks.load_world(tasks.world_dir(cfg["base_dir"], cfg["corpus_seed"]), cfg["corpus_seed"], device)
         enc = data.get_tokenizer(ckpt["tokenizer"])
@@ -128,11 +128,12 @@ def load_run(folder, device="cpu"):
 
 
 def save_merged(model, folder):
-    """The unlearned model, adapters merged in, as a Hugging Face GPT-2 folder: the config it was
-    loaded from (if any) and model.safetensors; the tokenizer files are copied along when known."""
+    """The unlearned model, adapters merged in, as a Hugging Face folder of its family (GPT-2 or Llama):
+    the config it was loaded from (if any) and model.safetensors; the tokenizer files are copied along
+    from a Hugging Face folder (a model read from a .gguf file keeps its tokenizer in that file)."""
     src = getattr(model, "hf_folder", None)
     for name, blob in hf.files(lora.merged_copy(model), getattr(model, "hf_config", None)).items():
         userio.atomic_write(os.path.join(folder, name), blob)
-    for name in ("vocab.json", "merges.txt"):
+    for name in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         if src and os.path.exists(os.path.join(src, name)):
             userio.atomic_write(os.path.join(folder, name), open(os.path.join(src, name), "rb").read())

@@ -106,19 +106,38 @@ def ctrl_c_finishes_the_step(log):
         signal.signal(signal.SIGINT, previous)
 
 
+def progress(items, log, what, every=5.0):
+    """Yield the items of a list, saying every `every` seconds how far `what` is and the time left at
+    its pace so far (a real model's Fisher pass takes minutes on a CPU)."""
+    t0 = last = time.time()
+    for k, item in enumerate(items):
+        yield item
+        now = time.time()
+        if now - last > every and k + 1 < len(items):
+            log(f"{what}: {k + 1}/{len(items)}, ~{(now - t0) / (k + 1) * (len(items) - k - 1):.0f}s left")
+            last = now
+
+
 class Clock:
     """Wall time of a run: in training steps, at each evaluation, and the time left to the step cap
     (from the steps after this process's first one, which with --compile is mostly compilation)."""
 
     def __init__(self):
         self.t0, self.first = time.time(), None
-        self.step_seconds, self.eval_seconds = 0.0, []
+        self.step_seconds, self.eval_seconds, self.last_eval = 0.0, [], 0.0
 
     def stepped(self, step, seconds):
         self.step_seconds += seconds
         self.first = self.first or (time.time(), step)
 
-    def evaluated(self):
+    @contextlib.contextmanager
+    def evaluating(self, log):
+        """Times one evaluation; where the last one took more than a few seconds, says so first."""
+        if self.last_eval > 5:
+            log(f"evaluating (~{self.last_eval:.0f}s, as the last time) ...")
+        t = time.time()
+        yield
+        self.last_eval = time.time() - t
         self.eval_seconds.append(time.time() - self.t0)
 
     def seconds_left(self, step, total_steps):

@@ -4,12 +4,14 @@
   use (finetune_missing, which says so; load_world only reads).
 - file_task: the user's own text, as in the paper's Training Data Extraction setting: --forget_file,
   --retain_file, --holdout_file (plain text, one sequence per line, or JSONL; data.load_file), on a
-  GPT-2 checkpoint (--init_from, a Hugging Face folder or name) or on the built-in base model.
+  real checkpoint (--init_from: a GPT-2 or Llama folder, a .gguf file, smollm2-135m; hf.load) or on
+  the built-in base model.
 unlearn.py only sees the Task, so the loop is the same for both.
 """
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass, field, replace
 
 import train
@@ -142,8 +144,8 @@ def builtin_task(cfg, log):
 
 def file_task(cfg, log):
     if cfg.init_from:
-        model = hf.load(cfg.init_from).to(cfg.device)
-        enc = data.get_tokenizer("gpt2", model.hf_folder)
+        model = load_checkpoint(cfg.init_from, cfg.device, log)
+        enc = hf.tokenizer(cfg.init_from)
     else:
         world = world_dir(cfg.base_dir, cfg.corpus_seed)
         finetune_missing(world, cfg.device, log, replace(train.TrainConfig(), corpus_seed=cfg.corpus_seed))
@@ -182,6 +184,17 @@ def file_task(cfg, log):
                 retain=data.training_examples(encoded["retain"]) if "retain" in encoded else [],
                 scored=scored, holdout=encoded.get("holdout"), prompts=prompts,
                 utility_splits=tuple(s for s in ("retain",) if s in scored and scored[s].qa))
+
+
+def load_checkpoint(path, device, log):
+    """hf.load, saying what it is doing: a real model takes seconds to read (SmolLM2-135M: ~6 s)."""
+    log(f"loading {path} ...")
+    t0 = time.time()
+    model = hf.load(path).to(device)
+    c = model.config
+    log(f"loaded {path}: {c.arch}, {c.n_layer} layers, width {c.n_embd}, "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters, {time.time() - t0:.1f}s")
+    return model
 
 
 def first_prompt(encoded):

@@ -34,7 +34,7 @@ def test_nothing_points_outside_the_repository():
 
 # import name -> the requirements.txt entry that installs it
 DISTRIBUTIONS = {"torch": "torch", "tiktoken": "tiktoken", "numpy": "numpy", "matplotlib": "matplotlib",
-                 "safetensors": "safetensors", "regex": "regex"}
+                 "safetensors": "safetensors", "regex": "regex", "gguf": "gguf"}
 
 
 def test_every_third_party_import_is_declared_or_optional():

@@ -21,6 +21,6 @@ def test_protocol_rows_and_tables(base_dir, tmp_path):
 
 
 def test_step_flops_count_lora_as_cheaper():
-    cfg, B, T = bench.SHAPES["default"]
+    cfg, B, T, _ = bench.SHAPES["default"]
     full, lora = bench.step_flops(cfg, B, T, 4, False), bench.step_flops(cfg, B, T, 4, True)
     assert lora < full  # LoRA skips the weight gradients of every dense matrix
