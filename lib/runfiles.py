@@ -129,11 +129,10 @@ def load_run(folder, device="cpu"):
 
 def save_merged(model, folder):
     """The unlearned model, adapters merged in, as a Hugging Face folder of its family (GPT-2 or Llama):
-    the config it was loaded from (if any) and model.safetensors; the tokenizer files are copied along
-    from a Hugging Face folder (a model read from a .gguf file keeps its tokenizer in that file)."""
-    src = getattr(model, "hf_folder", None)
+    the config it was loaded from (if any), model.safetensors, and the tokenizer files of the
+    checkpoint it came from (hf.tokenizer_files)."""
     for name, blob in hf.files(lora.merged_copy(model), getattr(model, "hf_config", None)).items():
         userio.atomic_write(os.path.join(folder, name), blob)
-    for name in ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        if src and os.path.exists(os.path.join(src, name)):
-            userio.atomic_write(os.path.join(folder, name), open(os.path.join(src, name), "rb").read())
+    if getattr(model, "source", None):
+        for name, blob in hf.tokenizer_files(model.source).items():
+            userio.atomic_write(os.path.join(folder, name), blob)

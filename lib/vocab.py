@@ -129,3 +129,24 @@ def from_tokenizer_json(folder):
     if end is None:
         raise UserError(f"{folder}: no end token (eos_token in tokenizer_config.json or eos_token_id in config.json)")
     return byte_level(path, ordinary, model["merges"], specials, end, pattern_of(tj.get("pre_tokenizer"), path))
+
+
+def tokenizer_json(fields):
+    """A GGUF file's tokenizer as Hugging Face files {name: bytes} (tokenizer.json and
+    tokenizer_config.json), so that a model read from a .gguf file is saved as a complete folder."""
+    pre = fields.get("tokenizer.ggml.pre", "default")
+    byte_level = dict(type="ByteLevel", add_prefix_space=False, trim_offsets=True, use_regex=True)
+    strings, types = fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"]
+    tj = dict(version="1.0", truncation=None, padding=None, normalizer=None, post_processor=None,
+              added_tokens=[dict(id=i, content=t, single_word=False, lstrip=False, rstrip=False, normalized=False,
+                                 special=True) for i, (t, kind) in enumerate(zip(strings, types)) if kind in (3, 4)],
+              pre_tokenizer=byte_level if GGUF_PRE[pre] == GPT2_PATTERN else dict(
+                  type="Sequence", pretokenizers=[dict(type="Digits", individual_digits=True), byte_level]),
+              decoder=dict(type="ByteLevel", add_prefix_space=True, trim_offsets=True, use_regex=True),
+              model=dict(type="BPE", dropout=None, unk_token=None, continuing_subword_prefix=None,
+                         end_of_word_suffix=None, fuse_unk=False, byte_fallback=False, ignore_merges=False,
+                         vocab={t: i for i, t in enumerate(strings)},
+                         merges=[m.split(" ", 1) for m in fields["tokenizer.ggml.merges"]]))
+    config = dict(tokenizer_class="PreTrainedTokenizerFast", eos_token=strings[fields["tokenizer.ggml.eos_token_id"]],
+                  clean_up_tokenization_spaces=False)
+    return {"tokenizer.json": json.dumps(tj, ensure_ascii=False).encode(), "tokenizer_config.json": json.dumps(config).encode()}

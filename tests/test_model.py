@@ -215,3 +215,20 @@ def test_matches_huggingface_gpt2(tmp_path):
         assert (theirs(idx).logits - ours(idx)).abs().max() < 1e-4
         want = theirs.generate(idx[:, :4], max_new_tokens=24, do_sample=False, pad_token_id=0)
     assert torch.equal(ours.generate(idx[:, :4], 24, temperature=0), want)
+
+
+def test_logits_at_the_targets_alone_give_the_same_losses_and_gradients():
+    """forward(only=mask) runs the head where there is a target: the same rows as the full logits, and
+    token_nll, lm_loss and their gradients unchanged (each target row computed alone, put back in place)."""
+    m = tiny_model().double()
+    x, y = torch.randint(0, 50, (3, 9)), torch.randint(0, 50, (3, 9))
+    y[:, :4] = IGNORE
+    y[1, 6] = IGNORE
+    keep = y != IGNORE
+    full, part = m(x), m(x, only=keep)
+    assert part.shape == (int(keep.sum()), 50) and torch.allclose(part, full[keep], atol=1e-12)
+    nll_full, mask = token_nll(full, y)
+    nll_part, mask2 = token_nll(part, y)
+    assert torch.equal(mask, mask2) and torch.allclose(nll_full, nll_part, atol=1e-12)
+    grads = [torch.autograd.grad(lm_loss(m(x, only=o), y), list(m.parameters())) for o in (None, keep)]
+    assert all(torch.allclose(a, b, atol=1e-12) for a, b in zip(*grads))

