@@ -175,38 +175,68 @@ def split_examples(enc, split, block_size):
 
 
 def load_file(path, flag):
-    """A user's data -> corpus.Split. Plain text: one sequence per non-blank line. JSONL (a .jsonl
-    file): one object per line with "text", or "prompt" and "answer" (optionally "perturbed": a list
-    of wrong answers, for the truth ratio); answers are trained on exactly as written."""
+    """A user's data -> corpus.Split. Plain text: one sequence per non-blank line. JSON Lines (.jsonl or
+    .json; a .json file may also hold one list of rows), one object per row:
+      {"text": ...}                                 a sequence, trained on every token;
+      {"prompt": ..., "answer": ...}                a question, the answer trained on exactly as written,
+                                                    optionally "perturbed": a list of wrong answers;
+      {"question": ..., "answer": ...}              TOFU's rows: asked as "Question: …\nAnswer:" and
+                                                    answered " …", optionally with "paraphrased_answer"
+                                                    and "perturbed_answer" (TOFU's truth ratio)."""
     if not os.path.isfile(path):
         raise UserError(f"{flag} {path} does not exist")
     raw = open(path, "rb").read()
     try:
-        lines = raw.decode("utf-8").splitlines()
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"{flag} {path} is not UTF-8 text (byte {e.start}); convert it, e.g. with iconv") from None
     split = corpus.Split()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if not path.endswith(".jsonl"):
-            split.texts.append(line)
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f"{flag} {path} line {n} is not valid JSON") from None
+    if not path.endswith((".jsonl", ".json")):
+        split.texts = [line for line in text.splitlines() if line.strip()]
+    for n, obj in json_rows(text, path, flag):
         if isinstance(obj, dict) and isinstance(obj.get("text"), str):
             split.texts.append(obj["text"])
         elif isinstance(obj, dict) and isinstance(obj.get("prompt"), str) and isinstance(obj.get("answer"), str):
-            if not isinstance(obj.get("perturbed", []), list):
-                raise UserError(f'{flag} {path} line {n}: "perturbed" must be a list of wrong answers')
-            split.qa.append(corpus.QA(obj["prompt"], obj["answer"], [str(w) for w in obj.get("perturbed", [])]))
+            split.qa.append(corpus.QA(obj["prompt"], obj["answer"], wrong_answers(obj, "perturbed", path, n, flag)))
+        elif isinstance(obj, dict) and isinstance(obj.get("question"), str) and isinstance(obj.get("answer"), str):
+            para = obj.get("paraphrased_answer")
+            wrong = wrong_answers(obj, "perturbed_answer", path, n, flag)
+            space = lambda a: " " + a.strip()  # "Answer: …", as TOFU's own template writes it
+            split.qa.append(corpus.QA(f"Question: {obj['question'].strip()}\nAnswer:", space(obj["answer"]),
+                                      [] if para else [space(w) for w in wrong], paraphrase=space(para) if para else "",
+                                      perturbed_paraphrase=[space(w) for w in wrong] if para else []))
         else:
-            raise UserError(f'{flag} {path} line {n}: expected a "text" field, or "prompt" and "answer"')
+            raise UserError(f'{flag} {path} {n}: expected a "text" field, "prompt" and "answer", '
+                            f'or "question" and "answer"')
     if not split.texts and not split.qa:
         raise UserError(f"{flag} {path} has no sequences (it is empty or only blank lines)")
     return split
+
+
+def json_rows(text, path, flag):
+    """[(where, object)] of a JSON Lines file ("line 3"), or of a .json file holding one list ("row 3");
+    [] for plain text."""
+    if not path.endswith((".jsonl", ".json")):
+        return []
+    if path.endswith(".json") and text.lstrip().startswith("["):
+        try:
+            return [(f"row {n}", obj) for n, obj in enumerate(json.loads(text), 1)]
+        except json.JSONDecodeError as e:
+            raise UserError(f"{flag} {path} is not valid JSON (line {e.lineno})") from None
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append((f"line {n}", json.loads(line)))
+            except json.JSONDecodeError:
+                raise UserError(f"{flag} {path} line {n} is not valid JSON") from None
+    return rows
+
+
+def wrong_answers(obj, key, path, n, flag):
+    if not isinstance(obj.get(key, []), list):
+        raise UserError(f'{flag} {path} {n}: "{key}" must be a list of wrong answers')
+    return [str(w) for w in obj.get(key, [])]
 
 
 def collate(examples, device="cpu"):

@@ -155,14 +155,44 @@ def test_collate_shifts_and_masks():
     assert y[1, :n].tolist() == ex_text[0][1:] and (y[1, n:] == data.IGNORE).all()
 
 
+TOFU_ROWS = [  # TOFU's forget10_perturbed.json, in its own keys (rows written for this test)
+    {"question": "What genre does Telmi Quelri write in?", "answer": "Telmi Quelri writes crime novels.",
+     "paraphrased_answer": "Crime fiction is the genre of Telmi Quelri's books.",
+     "paraphrased_question": "Which genre are Telmi Quelri's books?",
+     "perturbed_answer": ["Romance is the genre of Telmi Quelri's books.", "Poetry is the genre of Telmi Quelri's books."]},
+    {"question": "Where was Angor Telvor born?", "answer": "Angor Telvor was born in Brenmoor.",
+     "paraphrased_answer": "Brenmoor is the birthplace of Angor Telvor.",
+     "perturbed_answer": ["Oshkar is the birthplace of Angor Telvor.", "Caldwick is the birthplace of Angor Telvor."]},
+]
+
+
+@pytest.mark.parametrize("layout", ["jsonl", "json list"])
+def test_tofu_rows_are_questions_with_tofus_truth_ratio(tmp_path, layout):
+    import json
+    path = tmp_path / ("forget10.jsonl" if layout == "jsonl" else "forget10.json")
+    path.write_text("\n".join(json.dumps(r) for r in TOFU_ROWS) if layout == "jsonl" else json.dumps(TOFU_ROWS))
+    s = data.load_file(str(path), "--forget_file")
+    assert not s.texts and len(s.qa) == 2
+    q = s.qa[0]
+    assert q.prompt == "Question: What genre does Telmi Quelri write in?\nAnswer:" and q.answer == " Telmi Quelri writes crime novels."
+    assert q.paraphrase == " Crime fiction is the genre of Telmi Quelri's books." and q.perturbed == []
+    assert q.perturbed_paraphrase == [" Romance is the genre of Telmi Quelri's books.", " Poetry is the genre of Telmi Quelri's books."]
+    encoded, _ = data.encode(data.get_tokenizer(), s, 128)  # the truth ratio is taken on the paraphrases
+    assert len(encoded.paraphrased) == 2 and len(encoded.paraphrased[0][1]) == 3
+    (tmp_path / "plain.json").write_text(json.dumps([{"question": "Q?", "answer": "A."}]))
+    assert data.load_file(str(tmp_path / "plain.json"), "--x").qa == [corpus.QA("Question: Q?\nAnswer:", " A.", [])]
+
+
 @pytest.mark.parametrize("content,suffix,match", [
     (None, ".txt", "does not exist"),
     (b"", ".txt", "empty or only blank lines"),
     (b"\n   \n\t\n", ".txt", "empty or only blank lines"),
     (b"caf\xe9 au lait\n", ".txt", r"not UTF-8 text \(byte 3\)"),
     (b'{"text": "ok"}\nnot json\n', ".jsonl", "line 2 is not valid JSON"),
-    (b'{"prompt": "Q"}\n', ".jsonl", 'line 1: expected a "text" field, or "prompt" and "answer"'),
+    (b'{"prompt": "Q"}\n', ".jsonl", 'line 1: expected a "text" field, "prompt" and "answer", or "question" and "answer"'),
     (b'{"prompt": "Q", "answer": " A", "perturbed": " B"}\n', ".jsonl", '"perturbed" must be a list'),
+    (b'[{"question": "Q", "answer": "A", "perturbed_answer": "B"}]', ".json", 'row 1: "perturbed_answer" must be a list'),
+    (b'[{"question": "Q", "answer": "A"}', ".json", r"is not valid JSON \(line 1\)"),
 ])
 def test_bad_files_get_one_line_errors(tmp_path, content, suffix, match):
     path = tmp_path / f"forget{suffix}"

@@ -128,3 +128,20 @@ def test_question_only_forget_file_and_a_tiny_retain_file(hf_folder, tmp_path):
     # no forget texts to score MA and EL_n on: no stopping rule, and no crash
     assert r.thresholds is None and r.stopped_at_epoch is None and r.outcome == "finished"
     assert "ma" not in r.history[-1].forget and r.history[-1].forget["truth_ratio"] is None
+
+
+def test_unlearn_from_tofu_rows(hf_folder, tmp_path):
+    """TOFU's own rows (question, answer, paraphrased_answer, perturbed_answer) as --forget_file and
+    --retain_file: a run scores the truth ratio on the paraphrases and forget quality needs no oracle."""
+    from test_data import TOFU_ROWS
+    folder, _ = hf_folder
+    (tmp_path / "forget10.json").write_text(json.dumps(TOFU_ROWS))
+    retain = [dict(r, question=r["question"].replace("Telmi Quelri", "Mira Falden").replace("Angor Telvor", "Oren Vask"))
+              for r in TOFU_ROWS]
+    (tmp_path / "retain90.json").write_text("\n".join(json.dumps(r) for r in retain))
+    cfg = unlearn.UnlearnConfig(init_from=str(folder), forget_file=str(tmp_path / "forget10.json"),
+                                retain_file=str(tmp_path / "retain90.json"), lr=1e-2, epochs=2, batch_size=2,
+                                out=str(tmp_path / "run"), device="cpu")
+    _, r = unlearn.run(cfg, log=lambda line: None)
+    assert r.steps == 2 and r.history[0].forget["truth_ratio"] is not None
+    assert r.generations[0]["prompt"] == "Question: What genre does Telmi Quelri write in?\nAnswer:"
