@@ -12,6 +12,7 @@ unlearning must leave alone besides the retain people. Same recipe and seed for 
 only the world's people differ. Checkpoints go to out/world<corpus seed>/ (out/small/world<seed>/
 with --small), written atomically.
 usage: python train.py [--which base oracle] [--corpus_seed 0] [--small] [--out folder] | --pretrain
+       python train.py --init_from smollm2-135m [--corpus_seed 0]   (a real model's world: lib/realmodel.py)
 """
 import argparse
 import hashlib
@@ -214,9 +215,16 @@ if __name__ == "__main__":
     p.add_argument("--seed", type=int, default=0, help="batch order")
     p.add_argument("--corpus_seed", type=int, default=0, help="which invented people exist (the world)")
     p.add_argument("--small", action="store_true", help="the SMALL preset: a world of 40 people")
+    p.add_argument("--init_from", help="fine-tune this real model instead (e.g. smollm2-135m; lib/realmodel.py)")
     a = p.parse_args()
     if a.pretrain:
         pretrain()
+    elif a.init_from:
+        from lib import realmodel
+        cfg = replace(realmodel.RealTrainConfig(), init_from=a.init_from, seed=a.seed, corpus_seed=a.corpus_seed)
+        cfg = replace(cfg, epochs=a.epochs) if a.epochs is not None else cfg
+        for w in a.which:
+            realmodel.finetune(w, a.out or realmodel.world_dir("out", a.init_from, a.corpus_seed), cfg)
     else:
         cfg = replace(SMALL if a.small else TrainConfig(), seed=a.seed, corpus_seed=a.corpus_seed)
         cfg = replace(cfg, epochs=a.epochs) if a.epochs is not None else cfg

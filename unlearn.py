@@ -14,6 +14,7 @@ import argparse
 import copy
 import json
 import os
+import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -71,6 +72,7 @@ class UnlearnConfig:
     adapter: str = opt("fila", "fila | pissa | lora (default init) | full (no adapters)")
     rank: int = opt(4, "LoRA rank r")
     fila_eps: float = opt(1e-5, "ε of FILA's importance F_f / (F_r + ε) and of 1/(w + ε) (the authors' 1e-5)")
+    fisher_retain: int = opt(0, "retain sequences the retain Fisher is taken on, a seeded sample (0: all of them)")
     alpha: float = opt(None, "LoRA alpha (default 2 * rank, so s = 2, as the authors)")
     lr: float = opt(2e-3, "AdamW learning rate (1e-3 to 1e-2 tried: higher makes retain swing)")
     epochs: int = opt(40, "most passes over the forget set; the stopping rule may end sooner")
@@ -99,8 +101,8 @@ def resolve(cfg):
     for flag, allowed in (("loss", LOSSES), ("adapter", ADAPTERS)):
         if getattr(cfg, flag) not in allowed:
             raise UserError(f"--{flag} {getattr(cfg, flag)!r} is not one of {', '.join(allowed)}")
-    if cfg.init_from and not cfg.forget_file:
-        raise UserError("--init_from needs --forget_file (the built-in corpus goes with the built-in model)")
+    if cfg.fisher_retain < 0:
+        raise UserError(f"--fisher_retain must be >= 0, got {cfg.fisher_retain}")
     for flag in ("rank", "lr", "epochs", "batch_size", "el_n", "fila_eps"):
         if getattr(cfg, flag) <= 0:
             raise UserError(f"--{flag} must be > 0, got {getattr(cfg, flag)}")
@@ -135,6 +137,8 @@ def add_adapters(model, cfg, forget, retain, log, saved=None):
         mine = lambda examples, what: runtime.progress(  # this rank's batches, with a progress line
             list(data.batches(examples, 4))[ddp.rank()::ddp.world()], log, f"Fisher on the {what} set")
         f_forget = fisher.fisher_diagonal(model, mine(forget, "forget"), cfg.device, ddp.all_reduce_sum)
+        if cfg.fisher_retain and cfg.fisher_retain < len(retain):  # a sample: the whole set can take minutes
+            retain = random.Random(cfg.seed).sample(retain, cfg.fisher_retain)
         f_retain = fisher.fisher_diagonal(model, mine(retain, "retain"), cfg.device, ddp.all_reduce_sum)
         log(f"Fisher on {len(forget)} forget and {len(retain)} retain sequences: {time.time() - t0:.1f}s")
         fisher.init_adapters(model, "fila", f_forget, f_retain, eps=cfg.fila_eps)

@@ -247,7 +247,8 @@ def main():
     grid = [(w, dict(loss=loss, adapter=adapter, lr=best["lr"], retain_weight=best["retain_weight"]))
             for w in worlds for (loss, adapter), best in chosen.items()]
     for w in worlds[part::parts]:  # each part fine-tunes its share of the worlds' base models and oracles first
-        tasks.finetune_missing(tasks.world_dir(a.base_dir, w), "cpu", print, replace(train.TrainConfig(), corpus_seed=w))
+        folder = tasks.world_dir(a.base_dir, w)
+        tasks.finetune_missing(folder, "cpu", print, lambda which: train.finetune(which, folder, replace(train.TrainConfig(), corpus_seed=w)))
     while not all(os.path.exists(os.path.join(tasks.world_dir(a.base_dir, w), f"{m}.pt")) for w in worlds for m in ("base", "oracle")):
         time.sleep(5)
     for i, (w, s) in enumerate(grid):

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lib import data
-from model import token_nll
+from model import IGNORE, token_nll
 
 
 class Score(NamedTuple):
@@ -35,9 +35,10 @@ def score_examples(model, examples, batch_size=64, device="cpu"):
     out = []
     for chunk in data.batches(examples, batch_size):
         x, y = data.collate(chunk, device)
-        logits = model(x)
-        nll, mask = token_nll(logits, y)
-        hit = (logits.argmax(-1) == y) & mask
+        mask = y != IGNORE
+        logits = model(x, only=mask)  # (N, V) at the targets alone: a real vocabulary makes (B, T, V) huge
+        nll, _ = token_nll(logits, y)
+        hit = torch.zeros_like(mask).masked_scatter(mask, logits.argmax(-1) == y[mask])
         n = mask.sum(1)
         out += map(Score, (nll.sum(1) / n).tolist(), (hit.sum(1) == n).tolist(), (hit.sum(1) / n).tolist())
     return out
@@ -231,8 +232,9 @@ def mia_auc(member_nll, nonmember_nll):
 
 def privacy_leakage(auc, auc_oracle):
     """MUSE's PrivLeak: (AUC − AUC_oracle) / AUC_oracle. 0: as private as retraining without the forget
-    set; > 0: the forget set is still recognisable; < 0: it stands out as *less* likely (over-unlearned)."""
-    return (auc - auc_oracle) / auc_oracle
+    set; > 0: the forget set is still recognisable; < 0: it stands out as *less* likely (over-unlearned).
+    None where the oracle's AUC is 0 (a tiny holdout can rank every forget text as unseen): undefined."""
+    return None if auc_oracle == 0 else (auc - auc_oracle) / auc_oracle
 
 
 @torch.no_grad()

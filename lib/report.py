@@ -5,6 +5,10 @@ import io
 
 from lib import evaluation
 
+# The splits unlearning must leave alone: the retain people, and on the built-in model the general facts and
+# the pretraining people, on a real model the real-world questions (realworld.py).
+KEPT = ("retain", "general", "pretraining", "real_world")
+
 
 def plot(results):
     """Forget vs retain over the steps: QA accuracy, MA and EL_n with the stopping thresholds. -> PNG bytes"""
@@ -15,7 +19,7 @@ def plot(results):
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, key, title in zip(axes, ("qa_acc", "ma", f"el{n}"),
                               ("QA accuracy", "MA (biographies)", f"EL{n} (biographies)")):
-        for split, style in (("forget", "r-o"), ("retain", "b-o"), ("general", "g-o")):
+        for split, style in (("forget", "r-o"), ("retain", "b-o"), ("general", "g-o"), ("real_world", "g-o")):
             points = [(e.step, e.split(split)[key]) for e in h if e.split(split).get(key) is not None]
             if points:  # EL_n is measured only where the rule needs it (evaluation.evaluate)
                 ax.plot(*zip(*points), style, ms=3, label=split)
@@ -43,16 +47,16 @@ def progress(e, el_n, seconds, left=None):
 
 
 def brief(e, el_n):
-    """One evaluation in a few numbers: forget QA, well-formed answers, MA, EL_n; retain, general and
-    pretraining-people QA; fluency."""
+    """One evaluation in a few numbers: forget QA, well-formed answers, MA, EL_n; the kept splits' QA
+    (retain; general and pretraining people, or real-world); fluency."""
     f, el = e.forget, evaluation.el_key(el_n)
     parts = [f"forget QA {f['qa_acc']:.0%}"] if "qa_acc" in f else []
     parts += [f"({f['answers_well_formed']:.0%} well-formed)"] if "answers_well_formed" in f else []
     parts += [f"MA {f['ma']:.3f}"] if "ma" in f else []
     parts += [f"EL{el_n} {f[el]:.3f}" if el in f else f"EL{el_n} –"] if "ma" in f else []
-    for split in ("retain", "general", "pretraining"):
-        r = e.split(split)
-        parts += [f"{split} QA {r['qa_acc']:.0%}" if "qa_acc" in r else f"{split} MA {r['ma']:.3f}"] if r else []
+    for split in KEPT:
+        r, name = e.split(split), split.replace("_", "-")
+        parts += [f"{name} QA {r['qa_acc']:.0%}" if "qa_acc" in r else f"{name} MA {r['ma']:.3f}"] if r else []
     parts += [f"fluency {f['fluency']:.2f}"] if "fluency" in f else []
     return "  ".join(parts)
 
@@ -62,10 +66,11 @@ WELL_FORMED = 0.9  # the share of forget answers that must still be well-formed 
 
 def checks(results, at=None):
     """The default run's goals, each (what, met, the numbers), read at evaluation `at` (default: the
-    last) of an evaluation.RunResults: the stopping rule met; forget QA (the fact stated, in any wording) within 10 points of
-    the holdout people's, i.e. of a model that never saw them; retain, general and pretraining-people
-    QA at >= 95% of their start; the forget answers as fluent as the starting model's (mean NLL under
-    the oracle within one standard deviation of the start's) and >= 90% of them well-formed."""
+    last) of an evaluation.RunResults: the stopping rule met; forget QA (the fact stated, in any
+    wording) within 10 points of the holdout people's, i.e. of a model that never saw them; the kept
+    splits' QA (KEPT) at >= 95% of their start; the forget answers as fluent as the starting model's
+    (mean NLL under the oracle within one standard deviation of the start's) and >= 90% of them
+    well-formed."""
     first, hold = results.history[0], results.holdout_start or {}
     last = at or results.history[-1]
     out = [("stopping rule met", results.rule_met is not None,
@@ -74,10 +79,10 @@ def checks(results, at=None):
     if "qa_acc" in f1 and "qa_acc" in hold:
         out.append(("forget QA near the holdout level", f1["qa_acc"] <= hold["qa_acc"] + 0.10,
                     f"{f1['qa_acc']:.2f} vs holdout {hold['qa_acc']:.2f} + 0.10"))
-    for split in ("retain", "general", "pretraining"):
+    for split in KEPT:
         if "qa_acc" in last.split(split):
             a, b = first.split(split)["qa_acc"], last.split(split)["qa_acc"]
-            out.append((f"{split} QA kept", b >= 0.95 * a, f"{b:.2f} vs 95% of {a:.2f}"))
+            out.append((f"{split.replace('_', '-')} QA kept", b >= 0.95 * a, f"{b:.2f} vs 95% of {a:.2f}"))
     if "fluency" in f1:
         bound, wf = f0["fluency"] + f0["fluency_sd"], f1.get("answers_well_formed")
         ok = f1["fluency"] <= bound and (wf is None or wf >= WELL_FORMED)
@@ -108,12 +113,12 @@ def summary(results):
              "ma": "MA", evaluation.el_key(n): f"EL{n}", "truth_ratio": "truth ratio", "fluency": "fluency (NLL)",
              "privacy_leakage": "privacy leakage"}
     lines = [f"{'':30s}{'before':>10s}{'after':>10s}{'oracle':>10s}"]
-    for split in ("forget", "retain", "general", "pretraining"):
+    for split in ("forget", *KEPT):
         for key, label in names.items():
             if first.split(split).get(key) is not None:
                 o = 0.0 if key == "privacy_leakage" else oracle.get(key) if split == "forget" else None
                 after = last.split(split).get(key)
-                lines.append(f"{split + ' ' + label:30s}{first.split(split)[key]:10.3f}" +
+                lines.append(f"{split.replace('_', '-') + ' ' + label:30s}{first.split(split)[key]:10.3f}" +
                              (f"{after:10.3f}" if after is not None else f"{'–':>10s}") + ("" if o is None else f"{o:10.3f}"))
     for k in ("forget_quality", "model_utility"):
         if results.end[k] is not None:

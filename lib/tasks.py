@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 import train
-from lib import corpus, data, evaluation, hf, metrics, userio
+from lib import corpus, data, evaluation, hf, metrics, realmodel, realworld, userio
 from lib.userio import UserError
 from model import GPT
 
@@ -87,15 +87,27 @@ def world_dir(base_dir, corpus_seed):
     return os.path.join(base_dir, f"world{corpus_seed}")
 
 
-def finetune_missing(folder, device, log, train_cfg):
-    """Fine-tune the pretrained model into whichever of the world's base model and oracle is not in
-    `folder` yet (train.finetune with train_cfg), saying so: unlearn.py does this on a world's first use."""
+def finetune_missing(folder, device, log, finetune):
+    """finetune(which) for whichever of the world's base model and oracle is not in `folder` yet,
+    saying so: unlearn.py does this on a world's first use."""
     missing = [w for w in ("base", "oracle") if not os.path.exists(os.path.join(folder, f"{w}.pt"))]
     if missing:
         log(f"first use: fine-tuning the pretrained model into the {' and the '.join(missing)} model of this world, "
             f"in {folder}/")
     for which in missing:
-        train.finetune(which, folder, train_cfg, device=device, log=log)
+        finetune(which)
+
+
+def load_real_world(folder, cfg, log):
+    """-> (base model, oracle, the base checkpoint's dict) of the built-in world on a real model."""
+    log(f"loading the base model and the oracle of {folder}/ ...")
+    t0 = time.time()
+    base, ckpt = realmodel.load(os.path.join(folder, "base.pt"), cfg.device)
+    oracle, _ = realmodel.load(os.path.join(folder, "oracle.pt"), cfg.device)
+    if ckpt["corpus"]["seed"] != cfg.corpus_seed:
+        raise UserError(f"{folder}/base.pt was fine-tuned on corpus seed {ckpt['corpus']['seed']}, not {cfg.corpus_seed}")
+    log(f"loaded: {time.time() - t0:.1f}s")
+    return base, oracle, ckpt
 
 
 def load_world(folder, corpus_seed, device, small=False):
@@ -114,16 +126,29 @@ def load_world(folder, corpus_seed, device, small=False):
 
 
 def builtin_task(cfg, log):
-    world = world_dir(cfg.base_dir, cfg.corpus_seed)
-    finetune_missing(world, cfg.device, log, replace(train.TrainConfig(), corpus_seed=cfg.corpus_seed))
-    model, oracle, ckpt = load_world(world, cfg.corpus_seed, cfg.device)
-    enc = data.get_tokenizer(ckpt["tokenizer"])
+    """The built-in world: on the built-in model (general facts and pretraining people scored beside the
+    world's people), or on a real model (--init_from without files: realmodel.py; the real-world
+    questions scored)."""
+    if cfg.init_from:
+        world = realmodel.world_dir(cfg.base_dir, cfg.init_from, cfg.corpus_seed)
+        rcfg = replace(realmodel.RealTrainConfig(), init_from=cfg.init_from, corpus_seed=cfg.corpus_seed)
+        finetune_missing(world, cfg.device, log, lambda which: realmodel.finetune(which, world, rcfg, cfg.device, log))
+        model, oracle, ckpt = load_real_world(world, cfg, log)
+        enc = hf.tokenizer(cfg.init_from)
+        extra = dict(real_world=realworld.split())
+    else:
+        world = world_dir(cfg.base_dir, cfg.corpus_seed)
+        tcfg = replace(train.TrainConfig(), corpus_seed=cfg.corpus_seed)
+        finetune_missing(world, cfg.device, log, lambda which: train.finetune(which, world, tcfg, device=cfg.device, log=log))
+        model, oracle, ckpt = load_world(world, cfg.corpus_seed, cfg.device)
+        enc = data.get_tokenizer(ckpt["tokenizer"])
+        people, general = corpus.pretraining_corpus()
+        extra = dict(general=general, pretraining=corpus.people_subset(people, cfg.eval_retain))
     c = corpus.make_corpus(**ckpt["corpus"])
-    people, general = corpus.pretraining_corpus()
     encode = lambda split: data.encode(enc, split, model.config.block_size)[0]
     splits = {s: encode(getattr(c, s)) for s in ("forget", "retain", "holdout")}
     scored = dict(forget=splits["forget"], retain=encode(corpus.people_subset(c.retain, cfg.eval_retain)),
-                  general=encode(general), pretraining=encode(corpus.people_subset(people, cfg.eval_retain)))
+                  **{name: encode(split) for name, split in extra.items()})
 
     def oracle_reference():  # what exact unlearning scores on the forget split (MA, EL_n, QA, truth ratios, MIA AUC)
         report, ratios, _ = evaluation.split_scores(oracle, enc, splits["forget"], cfg.device, True, cfg.el_n)
@@ -139,7 +164,7 @@ def builtin_task(cfg, log):
                 retain=data.training_examples(splits["retain"]),
                 scored=scored, holdout=splits["holdout"], oracle=oracle, oracle_ratios=oracle_ratios,
                 oracle_forget=oracle_forget, prompts=[("a forget person", splits["forget"].qa[0][0]), ("a retain person", splits["retain"].qa[0][0])],
-                utility_splits=("retain", "general", "pretraining"), cache_dir=world)
+                utility_splits=("retain", *extra), cache_dir=world)
 
 
 def file_task(cfg, log):
@@ -148,7 +173,8 @@ def file_task(cfg, log):
         enc = hf.tokenizer(cfg.init_from)
     else:
         world = world_dir(cfg.base_dir, cfg.corpus_seed)
-        finetune_missing(world, cfg.device, log, replace(train.TrainConfig(), corpus_seed=cfg.corpus_seed))
+        tcfg = replace(train.TrainConfig(), corpus_seed=cfg.corpus_seed)
+        finetune_missing(world, cfg.device, log, lambda which: train.finetune(which, world, tcfg, device=cfg.device, log=log))
         model, _, ckpt = load_world(world, cfg.corpus_seed, cfg.device)
         enc = data.get_tokenizer(ckpt["tokenizer"])
     if enc.n_vocab > model.config.vocab_size:

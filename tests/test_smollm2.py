@@ -124,3 +124,36 @@ def test_unlearn_a_llama_folder_with_smollm2s_tokenizer_and_export_it(smollm2, t
     text = "Question: What does Telmi Quelri work as? 1961"
     assert transformers.AutoTokenizer.from_pretrained(out / "hf")(text)["input_ids"] == tok.encode_ordinary(text) \
         == enc.encode_ordinary(text)
+
+
+def test_the_built_in_world_on_a_llama_folder(smollm2, tmp_path, monkeypatch):
+    """--init_from without files: the world's base and oracle are LoRA fine-tunes of the model
+    (realmodel.py), found where unlearn.py looks for them, and a run scores the real-world questions
+    beside the world's people and reports their goal. A tiny random Llama with SmolLM2's tokenizer."""
+    transformers = pytest.importorskip("transformers")
+    from dataclasses import replace
+    import unlearn
+    from lib import corpus, realmodel, realworld, report
+    questions = realworld.split().qa[::16]  # a few of the real-world questions: the wiring, in seconds
+    monkeypatch.setattr(realworld, "split", lambda *a, **k: corpus.Split(qa=questions))
+    folder = tmp_path / "tiny-llama"
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=49152, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)).save_pretrained(folder)
+    for name, blob in hf.tokenizer_files("smollm2-135m").items():
+        (folder / name).write_bytes(blob)
+    world = realmodel.world_dir(str(tmp_path / "out"), str(folder), 0)
+    small = replace(realmodel.RealTrainConfig(), init_from=str(folder), n_people=10, epochs=1, rank=2)
+    lines = []
+    for which in ("base", "oracle"):
+        realmodel.finetune(which, world, small, log=lines.append)
+    assert world.endswith("tiny-llama/world0") and any("real_world QA" in ln for ln in lines)
+    cfg = unlearn.UnlearnConfig(init_from=str(folder), base_dir=str(tmp_path / "out"), epochs=1, batch_size=4,
+                                out=str(tmp_path / "run"), device="cpu")
+    _, r = unlearn.run(cfg, log=lambda line: None)
+    first = r.history[0]
+    assert set(first.splits) == {"forget", "retain", "real_world"} and first.model_utility is not None
+    assert "qa_acc" in first.splits["real_world"] and first.splits["real_world"]["qa_acc"] is not None
+    assert any(what == "real-world QA kept" for what, _, _ in report.checks(r))
+    assert r.oracle_forget is not None and r.end["forget_quality"] is not None

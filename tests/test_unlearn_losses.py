@@ -115,8 +115,9 @@ class Counting(torch.nn.Module):
     def new_cache(self):  # no blocks, no keys or values: the cache is an empty list
         return []
 
-    def forward(self, idx, cache=None):
-        return 30 * torch.nn.functional.one_hot((idx + 1) % 10, 10).float()
+    def forward(self, idx, cache=None, only=None):
+        logits = 30 * torch.nn.functional.one_hot((idx + 1) % 10, 10).float()
+        return logits if only is None else logits[only]
 
 
 def test_memorization_accuracy_by_hand():

@@ -1,0 +1,36 @@
+"""The real-world questions (lib/realworld.py): every question of the pool is well made, and the kept list
+in assets/ is a part of the pool that a real model was measured to know."""
+import json
+import random
+
+import pytest
+
+from lib import metrics, realworld
+from lib.userio import UserError
+
+
+def test_every_pool_question_is_well_made():
+    rng = random.Random(0)
+    for category, subject in realworld.candidates():
+        q = realworld.question(category, subject, rng)
+        value = realworld.POOL[category][2][subject]
+        assert q.prompt.startswith("Question: ") and q.prompt.endswith("\nAnswer:")
+        assert q.answer.strip().startswith(realworld.completion_prompt(category, subject)), (category, subject)
+        assert metrics.says(q.answer, value) and metrics.says(q.paraphrase, value)
+        assert len(q.perturbed) == len(q.perturbed_paraphrase) == 3
+        assert not any(metrics.says(w, value) for w in q.perturbed + q.perturbed_paraphrase), (category, subject)
+        assert metrics.well_formed(q.answer.strip(), True, q) and value in q.values
+        assert not metrics.says(subject, value)  # else any answer that repeats the question would count as right
+
+
+def test_the_kept_list_is_part_of_the_pool_and_seeded():
+    saved = json.load(open(realworld.ASSET))
+    assert len(saved["kept"]) + len(saved["not_kept"]) == len(realworld.candidates())
+    a, b = realworld.split(), realworld.split()
+    assert len(a.qa) == len(saved["kept"]) >= 100 and a.qa == b.qa
+
+
+def test_a_list_naming_unknown_questions_is_a_clear_error(tmp_path):
+    (tmp_path / "rw.json").write_text(json.dumps(dict(kept=[["capital", "Atlantis"]])))
+    with pytest.raises(UserError, match="the pool does not have"):
+        realworld.split(str(tmp_path / "rw.json"))
