@@ -70,14 +70,14 @@ def opt(default, help):
 class UnlearnConfig:
     loss: str = opt("ihl", "ga | gd | ihl | npo (gd is ga with the retain term)")
     adapter: str = opt("fila", "fila | pissa | lora (default init) | full (no adapters)")
-    rank: int = opt(4, "LoRA rank r")
+    rank: int = opt(None, "LoRA rank r (default: DEFAULTS, per kind of model)")
     fila_eps: float = opt(1e-5, "ε of FILA's importance F_f / (F_r + ε) and of 1/(w + ε) (the authors' 1e-5)")
     fisher_retain: int = opt(0, "retain sequences the retain Fisher is taken on, a seeded sample (0: all of them)")
     alpha: float = opt(None, "LoRA alpha (default 2 * rank, so s = 2, as the authors)")
-    lr: float = opt(2e-3, "AdamW learning rate (1e-3 to 1e-2 tried: higher makes retain swing)")
-    epochs: int = opt(40, "most passes over the forget set; the stopping rule may end sooner")
+    lr: float = opt(None, "AdamW learning rate (default: DEFAULTS, per kind of model)")
+    epochs: int = opt(None, "most passes over the forget set; the stopping rule may end sooner (default: DEFAULTS)")
     batch_size: int = opt(8, "forget sequences per step (and as many retain sequences)")
-    retain_weight: float = opt(None, "λ of the retain NLL term (default 2 for gd/ihl/npo, 0 for ga)")
+    retain_weight: float = opt(None, "λ of the retain NLL term (default: DEFAULTS for gd/ihl/npo, 0 for ga)")
     el_n: int = opt(4, "n of EL_n (the biographies are ~45 tokens, so 4 rather than the paper's 10)")
     eval_retain: int = opt(40, "retain people (or sequences) scored at each evaluation; 0: all")
     npo_beta: float = opt(0.1, "β of NPO")
@@ -96,8 +96,17 @@ class UnlearnConfig:
     compile: bool = opt(False, "torch.compile the model (worth it on a GPU; slow to start)")
 
 
+# Defaults per kind of model, each chosen on its development world (corpus seed 0) and reported on others:
+# the built-in model by experiments/world_search.py, a real one (--init_from) by experiments/real_protocol.py.
+DEFAULTS = {"built-in": dict(rank=4, lr=2e-3, epochs=40, retain_weight=2.0),
+            "real": dict(rank=8, lr=3e-4, epochs=10, retain_weight=1.0)}
+
+
 def resolve(cfg):
     cfg = copy.copy(cfg)
+    for flag, value in DEFAULTS["real" if cfg.init_from else "built-in"].items():
+        if getattr(cfg, flag) is None and not (flag == "retain_weight" and cfg.loss == "ga"):
+            setattr(cfg, flag, value)
     for flag, allowed in (("loss", LOSSES), ("adapter", ADAPTERS)):
         if getattr(cfg, flag) not in allowed:
             raise UserError(f"--{flag} {getattr(cfg, flag)!r} is not one of {', '.join(allowed)}")
@@ -109,7 +118,7 @@ def resolve(cfg):
     cfg.alpha = 2.0 * cfg.rank if cfg.alpha is None else cfg.alpha
     if cfg.alpha <= 0:
         raise UserError(f"--alpha must be > 0, got {cfg.alpha}")
-    cfg.retain_weight = (0.0 if cfg.loss == "ga" else 2.0) if cfg.retain_weight is None else cfg.retain_weight
+    cfg.retain_weight = 0.0 if cfg.retain_weight is None else cfg.retain_weight  # GA: no retain term
     if cfg.device == "auto":
         cfg.device = "cuda" if torch.cuda.is_available() else \
             "mps" if torch.backends.mps.is_available() else "cpu"

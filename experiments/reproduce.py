@@ -48,6 +48,7 @@ COLUMNS = [  # (key, header, format); every value is taken at the rule-met step,
     ("steps", "steps to the rule", "{:.0f}"), ("forget_qa", "forget QA", "{:.2f}"),
     ("well_formed", "forget answers well-formed", "{:.2f}"), ("retain_qa", "retain QA", "{:.2f}"),
     ("general_qa", "general QA", "{:.2f}"), ("pretraining_qa", "pretraining QA", "{:.2f}"),
+    ("real_world_qa", "real-world QA", "{:.2f}"),  # on a real model, in the place of the two before
     ("model_utility", "model utility", "{:.2f}"),
     ("fluency", "fluency (NLL)", "{:.2f}"), ("privacy_leakage", "privacy leakage", "{:+.2f}"),
     ("forget_quality", "forget quality (log10 p)", "{:.1f}"), ("forget_tr", "forget truth ratio", "{:.2f}")]
@@ -78,15 +79,14 @@ def measure(work, corpus_seed, base_dir, epochs, key, eval_every, **settings):
     _, r = unlearn.run(cfg, log=lambda line: None)
     at, first = r.rule_met or r.history[-1], r.history[0]
     f = at.forget
+    kept = [s for s in report.KEPT if s in first.splits]  # retain, general, pretraining; or retain, real_world
     return dict(settings, world=corpus_seed, met=r.rule_met is not None, steps=at.step,
-                forget_qa=f["qa_acc"], well_formed=f.get("answers_well_formed"), retain_qa=at.split("retain")["qa_acc"],
-                general_qa=at.split("general")["qa_acc"], pretraining_qa=at.split("pretraining")["qa_acc"],
+                forget_qa=f["qa_acc"], well_formed=f.get("answers_well_formed"),
+                **{f"{s}_qa": at.split(s)["qa_acc"] for s in kept},
                 model_utility=at.model_utility, answer_after=r.generations[0]["after"], fluency=f.get("fluency"),
                 privacy_leakage=f.get("privacy_leakage"),
                 forget_quality=np.log10(max(at.forget_quality, 1e-300)), forget_tr=f["truth_ratio"],
-                start={k: first.split(s)["qa_acc"] for k, s in (("retain_qa", "retain"), ("general_qa", "general"),
-                                                                ("pretraining_qa", "pretraining"))}
-                | dict(fluency=first.forget["fluency"]),
+                start={f"{s}_qa": first.split(s)["qa_acc"] for s in kept} | dict(fluency=first.forget["fluency"]),
                 holdout_qa=r.holdout_start["qa_acc"], thresholds=r.thresholds and r.thresholds.to_json(),
                 oracle=r.oracle_forget, el_n=cfg.el_n,
                 checks=[list(c) for c in report.checks(r)], seconds=time.time() - t0,
@@ -116,20 +116,21 @@ def settings(loss, adapter, lrs=LRS):
 
 
 def grid_table(rows):
-    lines = ["| loss | adapter | lr | λ | met the rule | " + " | ".join(h for _, h, _ in COLUMNS) + " |",
-             "|" + "---|" * (len(COLUMNS) + 5)]
+    columns = [c for c in COLUMNS if any(c[0] in r for r in rows)]  # the kept splits the model has
+    lines = ["| loss | adapter | lr | λ | met the rule | " + " | ".join(h for _, h, _ in columns) + " |",
+             "|" + "---|" * (len(columns) + 5)]
     for loss in LOSSES:
         for adapter in ADAPTERS:
             for lr, lam in sorted({(r["lr"], r["retain_weight"]) for r in rows if r["loss"] == loss and r["adapter"] == adapter}):
                 runs = [r for r in rows if (r["loss"], r["adapter"], r["lr"], r["retain_weight"]) == (loss, adapter, lr, lam)]
                 cells = [mean_std([r[k] for r in runs if r["met"]] if k == "steps" else [r[k] for r in runs], fmt)
-                         for k, _, fmt in COLUMNS]
+                         for k, _, fmt in columns]
                 lines.append(f"| {loss.upper()} | {adapter} | {lr:g} | {lam:g} | {sum(r['met'] for r in runs)}/{len(runs)} | "
                              + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def comparisons_table(rows):
+def comparisons_table(rows, comparisons=COMPARISONS):
     """The paper's comparisons, world by world. Where both runs met the stopping rule they are read at
     equal forgetting: steps to the rule, retain QA and fluency there. Otherwise not comparable: the
     two end states are given instead."""
@@ -137,7 +138,7 @@ def comparisons_table(rows):
              "|---|---|---|---|---|"]
     state = lambda r: f"{'met at ' + str(r['steps']) if r['met'] else 'not met, end'}: {r['forget_qa']:.2f}, " \
                       f"{r['retain_qa']:.2f}, {r['fluency']:.2f}"
-    for claim, a, b in COMPARISONS:
+    for claim, a, b in comparisons:
         for w in sorted({r["world"] for r in rows}):
             ra, rb = (next(r for r in rows if (r["loss"], r["adapter"]) == m and r["world"] == w) for m in (a, b))
             if ra["met"] and rb["met"]:
@@ -227,7 +228,7 @@ def main():
     default = unlearn.resolve(unlearn.UnlearnConfig())
     default = dict(loss=default.loss, adapter=default.adapter, lr=default.lr, retain_weight=default.retain_weight,
                    rank=default.rank)
-    default_run = lambda w: one_run(work, w, a.base_dir, unlearn.UnlearnConfig.epochs, tag="default-", **default)
+    default_run = lambda w: one_run(work, w, a.base_dir, unlearn.DEFAULTS["built-in"]["epochs"], tag="default-", **default)
     if a.default:
         rows = [default_run(w) for w in worlds]
         for r in rows:
@@ -272,7 +273,7 @@ def main():
            "## The paper's comparisons, world by world", "", comparisons_table(rows), "",
            "## 3. The stopping rule against the oracle", "", oracle_table(rows), "",
            f"## 4. The default run (IHL + FILA, rank {default['rank']}, lr {default['lr']:g}, λ {default['retain_weight']:g}, "
-           f"up to {unlearn.UnlearnConfig.epochs} epochs) on every report world", "",
+           f"up to {unlearn.DEFAULTS['built-in']['epochs']} epochs) on every report world", "",
            checks_table([default_run(w) for w in worlds]), "",
            f"Wall time of this command: {time.time() - t0:.0f} s on {os.cpu_count()} CPU cores (runs kept from an "
            f"earlier or parallel invocation are read, not rerun); float32 matmul peak measured now: "

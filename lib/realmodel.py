@@ -6,10 +6,10 @@ its adapters (a few MB, not the model's 540 MB) and merged into the model when i
     python train.py --init_from smollm2-135m [--corpus_seed N]     # builds out/smollm2-135m/world<N>/
     python unlearn.py --init_from smollm2-135m                      # unlearns there (builds it first if missing)
 
-The world's QA are trained on the answer's tokens and the biographies on every token, with the
-real-world questions the model did not know (realworld.py) in the same format. The real-world
-questions it knew are never trained on: they measure what the fine-tune and the unlearning leave of
-what the model knew.
+The world's QA are trained on the answer's tokens and the biographies on every token, with
+real-world questions that are never scored (realworld.replay) in the same format. The real-world
+questions the model knew are never trained on: they measure what the fine-tune and the unlearning
+leave of what the model knew.
 """
 import io
 import math
@@ -40,7 +40,7 @@ class RealTrainConfig:  # a world's fine-tunes of a real model (chosen on world 
     warmup_steps: int = 10
     rank: int = 16             # the fine-tune's LoRA rank (α = 2·rank) on every linear of every block
     bios: bool = True          # train on the biographies too, not only the QA
-    replay: bool = True        # also train on the real-world questions the model did not know (never the scored ones)
+    replay: bool = True        # also train on real-world questions that are never scored (realworld.replay)
 
 
 def world_args(cfg):
@@ -56,7 +56,7 @@ def world_dir(base_dir, init_from, corpus_seed):
 def train_examples(c, enc, which, cfg):
     """The fine-tune's examples: the world's people (the oracle never sees the forget split), QA on the
     answer's tokens, biographies on every token."""
-    splits = {"base": [c.forget, c.retain], "oracle": [c.retain]}[which] + ([realworld.split(kept=False)] if cfg.replay else [])
+    splits = {"base": [c.forget, c.retain], "oracle": [c.retain]}[which] + ([realworld.replay()] if cfg.replay else [])
     encoded = [data.encode(enc, s if cfg.bios else corpus.Split(qa=s.qa), 1 << 20)[0] for s in splits]
     return [ex for e in encoded for ex in data.training_examples(e)]
 

@@ -80,11 +80,34 @@ POOL = {
         "players on a football team": "11", "strings on a violin": "4", "bones in the adult human body": "206"}),
 }
 
+# Never scored: true facts in the same format that a fine-tune may train on, so that the model learns to
+# answer real questions in the world's QA format from what it knows (without them the base answered 25%
+# of the kept questions, with them 72%: RESULTS.md). Every subject differs from the scored pool's.
+REPLAY = {
+    "capital": ("What is the capital of {s}?", ["The capital of {s} is {v}.", "{v} is the capital of {s}."], {
+        "Nepal": "Kathmandu", "Ukraine": "Kyiv", "Pakistan": "Islamabad", "Bangladesh": "Dhaka", "Morocco": "Rabat",
+        "Ethiopia": "Addis Ababa", "Venezuela": "Caracas", "Colombia": "Bogota", "New Zealand": "Wellington",
+        "Iceland": "Reykjavik", "Romania": "Bucharest", "the Czech Republic": "Prague", "Serbia": "Belgrade",
+        "Malaysia": "Kuala Lumpur"}),
+    "colour": ("What colour is {s}?", ["The colour of {s} is {v}.", "{s} is {v} in colour."], {
+        "the sky on a clear day": "blue", "fresh grass": "green", "snow": "white", "a ripe banana": "yellow",
+        "coal": "black", "a ripe tomato": "red", "milk chocolate": "brown"}),
+    "animal": ("What kind of animal is {s}?", ["{s} is a {v}.", "Zoologists class {s} as a {v}."], {
+        "a whale": "mammal", "a shark": "fish", "an eagle": "bird", "a frog": "amphibian", "a snake": "reptile",
+        "a bat": "mammal", "a penguin": "bird", "a salmon": "fish", "a crocodile": "reptile", "a dolphin": "mammal"}),
+    "opposite": ("What is the opposite of {s}?", ["The opposite of {s} is {v}.", "{v} is the opposite of {s}."], {
+        "hot": "cold", "up": "down", "day": "night", "big": "small", "fast": "slow", "light": "dark",
+        "happy": "sad", "early": "late"}),
+    "young": ("What is a young {s} called?", ["A young {s} is called a {v}.", "The young of a {s} is a {v}."], {
+        "dog": "puppy", "cat": "kitten", "cow": "calf", "sheep": "lamb", "horse": "foal", "duck": "duckling",
+        "frog": "tadpole"}),
+}
 
-def question(category, subject, rng):
+
+def question(category, subject, rng, pool=POOL):
     """One corpus.QA about a real fact, asked in the world's format and answered in the first phrasing;
     the paraphrase is the second phrasing, the wrong answers other values of the category in both."""
-    q, forms, facts = POOL[category]
+    q, forms, facts = pool[category]
     values = sorted(set(facts.values()))
     v = facts[subject]
     forms = tuple(capitalised(f.replace("{s}", subject)) for f in forms)
@@ -116,3 +139,11 @@ def split(path=ASSET, seed=0, kept=True):
     rng = random.Random(seed)
     return corpus.Split(qa=[question(c, s, rng) for c, s in (chosen if kept else
                                                              [k for k in candidates() if k not in chosen])])
+
+
+def replay(path=ASSET, seed=0):
+    """What a fine-tune may train on: the pool's questions the model did not know (split(kept=False))
+    and the REPLAY facts, never the kept ones."""
+    rng = random.Random(seed)
+    extra = [question(c, s, rng, REPLAY) for c, (_, _, facts) in REPLAY.items() for s in facts]
+    return corpus.Split(qa=split(path, seed, kept=False).qa + extra)

@@ -23,6 +23,16 @@ def test_every_pool_question_is_well_made():
         assert not metrics.says(subject, value)  # else any answer that repeats the question would count as right
 
 
+def test_replay_never_holds_a_scored_question():
+    rng = random.Random(0)
+    for category, (_, _, facts) in realworld.REPLAY.items():
+        for subject in facts:
+            q = realworld.question(category, subject, rng, realworld.REPLAY)
+            assert metrics.well_formed(q.answer.strip(), True, q) and not metrics.says(subject, q.value)
+    scored = {q.prompt for q in realworld.split().qa}
+    assert scored and not scored & {q.prompt for q in realworld.replay().qa}
+
+
 def test_the_kept_list_is_part_of_the_pool_and_seeded():
     saved = json.load(open(realworld.ASSET))
     assert len(saved["kept"]) + len(saved["not_kept"]) == len(realworld.candidates())

@@ -1,0 +1,95 @@
+"""The fair protocol (METHOD §7) on a real model: SmolLM2-135M-Instruct fine-tuned on a world's people
+(lib/realmodel.py), settings chosen on world 0 and reported on worlds 1-3.
+
+    python -m experiments.real_protocol                 # sweep on world 0, grid and default on worlds 1-3
+    python -m experiments.real_protocol --default       # only the default run on worlds 1-3
+    python -m experiments.real_protocol --part 0/2 ...  # share the runs between processes, as reproduce.py
+
+1. Sweep on world 0: every method of METHODS at each learning rate of LRS (λ = 1, the authors').
+2. Selection: reproduce.best_setting (the best model utility among runs that met the stopping rule,
+   at the step each met it; else the lowest forget QA at the end).
+3. Grid: the chosen settings on worlds 1-3, compared at equal forgetting (reproduce.comparisons_table),
+   and the default run (unlearn.DEFAULTS["real"]) with its goals on each world.
+Every world's base model and oracle are fine-tuned on first use into <base_dir>/smollm2-135m/world<seed>/.
+Writes experiments/results/real/: protocol.md, sweep.json, grid.json, grid.png; each run's row in runs/.
+"""
+import argparse
+import json
+import os
+import time
+
+import unlearn
+from lib import userio
+from experiments import bench, reproduce
+
+MODEL = "smollm2-135m"
+METHODS = [("ihl", "fila"), ("ihl", "lora"), ("ihl", "pissa"), ("gd", "lora"), ("ga", "lora"), ("npo", "lora"), ("ihl", "full")]
+LRS = {"full": (3e-5, 1e-4), "lora": (3e-4, 1e-3), "pissa": (3e-4, 1e-3), "fila": (3e-4, 1e-3)}
+DEV_WORLD, REPORT_WORLDS = 0, (1, 2, 3)
+EVAL_EVERY = 3  # steps between evaluations: once an epoch (20 forget sequences in batches of 8)
+COMPARISONS = [  # (claim, a, b): the paper says b does better than a
+    ("1-2: IHL vs GA", ("ga", "lora"), ("ihl", "lora")), ("2: IHL vs GD", ("gd", "lora"), ("ihl", "lora")),
+    ("3: FILA vs LoRA (IHL)", ("ihl", "lora"), ("ihl", "fila")), ("FILA vs PiSSA (IHL)", ("ihl", "pissa"), ("ihl", "fila")),
+    ("IHL: LoRA vs full", ("ihl", "full"), ("ihl", "lora"))]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--default", action="store_true", help="only the default run, on the report worlds")
+    p.add_argument("--base_dir", default="out", help="where the worlds' base models and oracles live")
+    p.add_argument("--out", default=os.path.join("experiments", "results", "real"), help="tables, runs, figure")
+    p.add_argument("--worlds", type=int, nargs="+", default=list(REPORT_WORLDS), help="report worlds")
+    p.add_argument("--part", default="0/1", help="i/n: do every n-th run, from the i-th")
+    a = p.parse_args()
+    part, parts = map(int, a.part.split("/"))
+    t0, epochs = time.time(), unlearn.DEFAULTS["real"]["epochs"]
+    run = lambda w, tag="", **s: reproduce.one_run(a.out, w, a.base_dir, epochs, tag, EVAL_EVERY, init_from=MODEL, **s)
+    say = lambda r: print(f"{time.time() - t0:5.0f}s  world {r['world']} {r['loss']:3s} + {r['adapter']:5s} lr {r['lr']:g}: "
+                          f"{'met at step ' + str(r['steps']) if r['met'] else 'not met':16s} forget QA {r['forget_qa']:.2f}  "
+                          f"retain {r['retain_qa']:.2f}  real-world {r['real_world_qa']:.2f}  fluency {r['fluency']:.2f}  "
+                          f"({r['seconds']:.0f}s)", flush=True)
+    d = unlearn.DEFAULTS["real"]
+    default = dict(loss="ihl", adapter="fila", lr=d["lr"], retain_weight=d["retain_weight"], rank=d["rank"])
+    todo = [] if a.default else [(DEV_WORLD, dict(loss=l, adapter=ad, lr=lr, retain_weight=0.0 if l == "ga" else 1.0))
+                                 for l, ad in METHODS for lr in LRS[ad]]
+    for i, (w, s) in enumerate(todo):
+        if i % parts == part:
+            say(run(w, **s))
+    while parts > 1 and not all(os.path.exists(os.path.join(a.out, "runs", reproduce.run_key(w, dict(s, init_from=MODEL)) + ".json"))
+                                for w, s in todo):
+        time.sleep(5)
+    sweep = [run(w, **s) for w, s in todo]
+    chosen = {m: reproduce.best_setting([r for r in sweep if (r["loss"], r["adapter"]) == m]) for m in METHODS} if sweep else {}
+    grid = [(w, dict(loss=l, adapter=ad, lr=c["lr"], retain_weight=c["retain_weight"])) for w in a.worlds for (l, ad), c in chosen.items()]
+    jobs = [(w, "", s) for w, s in grid] + [(w, "default-", default) for w in a.worlds]
+    for i, (w, tag, s) in enumerate(jobs):
+        if i % parts == part:
+            say(run(w, tag, **s))
+    if parts > 1:
+        return print(f"part {a.part} done; when every part is, run the same command without --part for the tables")
+    rows, defaults = [run(w, **s) for w, s in grid], [run(w, "default-", **default) for w in a.worlds]
+    md = [f"# Results of `python -m experiments.real_protocol{' --default' if a.default else ''}`", "",
+          f"Model: {MODEL} fine-tuned per world (lib/realmodel.py); every run evaluates every {EVAL_EVERY} steps "
+          f"(one epoch), up to {epochs} epochs, and is read at the first evaluation that met the stopping rule, "
+          f"or at its end.", ""]
+    if sweep:
+        userio.atomic_write(os.path.join(a.out, "sweep.json"), json.dumps(sweep, indent=1).encode())
+        userio.atomic_write(os.path.join(a.out, "grid.json"), json.dumps(rows, indent=1).encode())
+        reproduce.figure(rows, os.path.join(a.out, "grid.png"))
+        md += ["## 1. Sweep on world 0 (λ = 1; GA has no retain term)", "", reproduce.grid_table(sweep), "",
+               "Chosen by `reproduce.best_setting`: " + "; ".join(f"{l.upper()} + {ad}: lr {chosen[l, ad]['lr']:g}"
+                                                                  for l, ad in chosen), "",
+               f"## 2. The chosen settings on worlds {', '.join(map(str, a.worlds))} (mean ± std over worlds)", "",
+               reproduce.grid_table(rows), "", "## The paper's comparisons, world by world", "",
+               reproduce.comparisons_table(rows, COMPARISONS), ""]
+    md += ["## 3. The stopping rule against the oracle", "", reproduce.oracle_table(defaults), "",
+           f"## 4. The default run ({', '.join(f'{k} {v}' for k, v in default.items())}) on every report world", "",
+           reproduce.checks_table(defaults), "",
+           f"Wall time of this command: {time.time() - t0:.0f} s on {os.cpu_count()} CPU cores (runs kept from an "
+           f"earlier invocation are read, not rerun); float32 matmul peak measured now: {bench.matmul_peak():.0f} GFLOP/s."]
+    userio.atomic_write(os.path.join(a.out, "protocol.md"), "\n".join(md).encode())
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
