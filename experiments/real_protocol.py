@@ -2,6 +2,7 @@
 (lib/realmodel.py), settings chosen on world 0 and reported on worlds 1-3.
 
     python -m experiments.real_protocol                 # sweep on world 0, grid and default on worlds 1-3
+    python -m experiments.real_protocol --sweep_only    # only the sweep on world 0
     python -m experiments.real_protocol --default       # only the default run on worlds 1-3
     python -m experiments.real_protocol --part 0/2 ...  # share the runs between processes, as reproduce.py
 
@@ -33,9 +34,23 @@ COMPARISONS = [  # (claim, a, b): the paper says b does better than a
     ("IHL: LoRA vs full", ("ihl", "full"), ("ihl", "lora"))]
 
 
+def adapters_table(rows):
+    """IHL with FILA, LoRA and PiSSA, world by world: steps to the stopping rule, and retain and
+    real-world QA there (or at the end, for a run that never met the rule)."""
+    lines = ["| world | adapter | met the rule | steps | forget QA | retain QA | real-world QA | fluency |",
+             "|---|---|---|---|---|---|---|---|"]
+    for w in sorted({r["world"] for r in rows}):
+        for ad in ("fila", "lora", "pissa"):
+            for r in (r for r in rows if r["world"] == w and (r["loss"], r["adapter"]) == ("ihl", ad)):
+                lines.append(f"| {w} | {ad} | {'yes' if r['met'] else 'no'} | {r['steps']} | {r['forget_qa']:.2f} | "
+                             f"{r['retain_qa']:.2f} | {r['real_world_qa']:.2f} | {r['fluency']:.2f} |")
+    return "\n".join(lines)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--default", action="store_true", help="only the default run, on the report worlds")
+    p.add_argument("--sweep_only", action="store_true", help="only the sweep on world 0 (to choose the default from)")
     p.add_argument("--base_dir", default="out", help="where the worlds' base models and oracles live")
     p.add_argument("--out", default=os.path.join("experiments", "results", "real"), help="tables, runs, figure")
     p.add_argument("--worlds", type=int, nargs="+", default=list(REPORT_WORLDS), help="report worlds")
@@ -59,6 +74,8 @@ def main():
                                 for w, s in todo):
         time.sleep(5)
     sweep = [run(w, **s) for w, s in todo]
+    if a.sweep_only:
+        return print(reproduce.grid_table(sweep))
     chosen = {m: reproduce.best_setting([r for r in sweep if (r["loss"], r["adapter"]) == m]) for m in METHODS} if sweep else {}
     grid = [(w, dict(loss=l, adapter=ad, lr=c["lr"], retain_weight=c["retain_weight"])) for w in a.worlds for (l, ad), c in chosen.items()]
     jobs = [(w, "", s) for w, s in grid] + [(w, "default-", default) for w in a.worlds]
@@ -81,7 +98,8 @@ def main():
                                                                   for l, ad in chosen), "",
                f"## 2. The chosen settings on worlds {', '.join(map(str, a.worlds))} (mean ± std over worlds)", "",
                reproduce.grid_table(rows), "", "## The paper's comparisons, world by world", "",
-               reproduce.comparisons_table(rows, COMPARISONS), ""]
+               reproduce.comparisons_table(rows, COMPARISONS), "", "## FILA against LoRA and PiSSA (IHL)", "",
+               adapters_table(rows), ""]
     md += ["## 3. The stopping rule against the oracle", "", reproduce.oracle_table(defaults), "",
            f"## 4. The default run ({', '.join(f'{k} {v}' for k, v in default.items())}) on every report world", "",
            reproduce.checks_table(defaults), "",

@@ -11,7 +11,9 @@ real-world questions that are never scored (realworld.replay) in the same format
 questions the model knew are never trained on: they measure what the fine-tune and the unlearning
 leave of what the model knew.
 """
+import hashlib
 import io
+import json
 import math
 import os
 import random
@@ -34,11 +36,11 @@ class RealTrainConfig:  # a world's fine-tunes of a real model (chosen on world 
     corpus_seed: int = 0       # corpus.make_corpus: which people exist
     n_people: int = 40         # people trained on (forget + retain); as many unseen in the holdout
     forget_frac: float = 0.1   # share of the people in the forget split (TOFU's forget10)
-    epochs: int = 8            # passes over the fine-tuning data
+    epochs: int = 10           # passes over the fine-tuning data
     batch_size: int = 16
-    lr: float = 1e-3           # AdamW peak learning rate, warm-up then cosine decay to 0
+    lr: float = 3e-3           # AdamW peak learning rate, warm-up then cosine decay to 0
     warmup_steps: int = 10
-    rank: int = 16             # the fine-tune's LoRA rank (α = 2·rank) on every linear of every block
+    rank: int = 8              # the fine-tune's LoRA rank (α = 2·rank) on every linear of every block
     bios: bool = True          # train on the biographies too, not only the QA
     replay: bool = True        # also train on real-world questions that are never scored (realworld.replay)
 
@@ -47,10 +49,14 @@ def world_args(cfg):
     return dict(seed=cfg.corpus_seed, n_people=cfg.n_people, forget_frac=cfg.forget_frac)
 
 
+def model_name(init_from):
+    """The model's name, or its file or folder name, made safe for a path."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(os.path.normpath(init_from)))
+
+
 def world_dir(base_dir, init_from, corpus_seed):
-    """out/<model>/world<seed>: the model's name, or its file or folder name, made safe for a path."""
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(os.path.normpath(init_from)))
-    return os.path.join(base_dir, name, f"world{corpus_seed}")
+    """<base_dir>/<model>/world<seed>: where a world's base model and oracle are kept."""
+    return os.path.join(base_dir, model_name(init_from), f"world{corpus_seed}")
 
 
 def train_examples(c, enc, which, cfg):
@@ -59,6 +65,37 @@ def train_examples(c, enc, which, cfg):
     splits = {"base": [c.forget, c.retain], "oracle": [c.retain]}[which] + ([realworld.replay()] if cfg.replay else [])
     encoded = [data.encode(enc, s if cfg.bios else corpus.Split(qa=s.qa), 1 << 20)[0] for s in splits]
     return [ex for e in encoded for ex in data.training_examples(e)]
+
+
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets")
+
+
+def shipped(which, cfg):
+    """assets/<model>-world<seed>-<which>.pt: a fine-tune shipped with the code (SmolLM2's world 0), so
+    that a first run need not spend minutes fine-tuning; None if there is none for cfg."""
+    path = os.path.join(ASSETS, f"{model_name(cfg.init_from)}-world{cfg.corpus_seed}-{which}.pt")
+    return path if os.path.exists(path) else None
+
+
+def provide(which, folder, cfg, device="cpu", log=print):
+    """folder/<which>.pt: the shipped fine-tune where there is one made by this recipe (copied), else a
+    fine-tune made now (minutes)."""
+    path = shipped(which, cfg)
+    if path and torch.load(path, map_location="cpu", weights_only=True).get("recipe") == recipe(cfg):
+        log(f"using the shipped {which} model of this world: {os.path.relpath(path)}")
+        userio.atomic_write(os.path.join(folder, f"{which}.pt"), open(path, "rb").read())
+        return
+    finetune(which, folder, cfg, device, log)
+
+
+def recipe(cfg):
+    """What a fine-tune is made from: its config, its world's people and the real-world questions it
+    trains on (replay) and is scored on. A shipped fine-tune carries this stamp; a test checks it."""
+    c = corpus.make_corpus(**world_args(cfg))
+    h = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode())
+    for s in (c.forget, c.retain, c.holdout, realworld.split(), realworld.replay()):
+        h.update(json.dumps([s.texts, [(q.prompt, q.answer, q.paraphrase) for q in s.qa]]).encode())
+    return h.hexdigest()
 
 
 def finetune(which, folder, cfg, device="cpu", log=print):
@@ -88,18 +125,30 @@ def finetune(which, folder, cfg, device="cpu", log=print):
             step += 1
         done = time.time() - t0
         log(f"  epoch {epoch + 1}/{cfg.epochs}  loss {loss:.3f}  {done:.0f}s (~{done / (epoch + 1) * (cfg.epochs - epoch - 1):.0f}s more)")
+    return save(model, which, folder, cfg, enc, c, device, log, seconds=time.time() - t0)
+
+
+@torch.no_grad()
+def save(model, which, folder, cfg, enc, c, device="cpu", log=print, seconds=None):
+    """folder/<which>.pt: the adapters in bfloat16 (half the size; they are rounded first, so that what
+    is scored here is what is saved), the recipe stamp, and what the model scores."""
+    adapters = lora.lora_state_dict(model)
+    for m in lora.lora_layers(model).values():
+        m.A.copy_(m.A.to(torch.bfloat16))
+        m.B.copy_(m.B.to(torch.bfloat16))
     merged = lora.merged_copy(model)
     splits = dict(forget=c.forget, retain=corpus.people_subset(c.retain, 12), holdout=c.holdout, real_world=realworld.split())
     results = {name: evaluation.split_scores(merged, enc, data.encode(enc, s, 1 << 20)[0], device,
                                              forget_like=name in ("forget", "holdout"))[0] for name, s in splits.items()}
-    results["train_seconds"] = time.time() - t0
+    results["train_seconds"] = seconds
     buf = io.BytesIO()
-    torch.save(dict(adapter={k: v.cpu() for k, v in lora.lora_state_dict(model).items()}, rank=cfg.rank,
-                    alpha=2 * cfg.rank, train_config=asdict(cfg), corpus=world_args(cfg), which=which, metrics=results), buf)
+    torch.save(dict(adapter={k: v.cpu().to(torch.bfloat16) for k, v in adapters.items()}, rank=cfg.rank,
+                    alpha=2 * cfg.rank, train_config=asdict(cfg), corpus=world_args(cfg), which=which, metrics=results,
+                    recipe=recipe(cfg)), buf)
     path = os.path.join(folder, f"{which}.pt")
     userio.atomic_write(path, buf.getvalue())
     log(f"{which}: " + "  ".join(f"{s} QA {r['qa_acc']:.0%}" for s, r in results.items() if isinstance(r, dict)) +
-        f"  ({results['train_seconds']:.0f}s) -> {path}")
+        (f"  ({seconds:.0f}s)" if seconds else "") + f" -> {path}")
     return path
 
 

@@ -132,7 +132,7 @@ def builtin_task(cfg, log):
     if cfg.init_from:
         world = realmodel.world_dir(cfg.base_dir, cfg.init_from, cfg.corpus_seed)
         rcfg = replace(realmodel.RealTrainConfig(), init_from=cfg.init_from, corpus_seed=cfg.corpus_seed)
-        finetune_missing(world, cfg.device, log, lambda which: realmodel.finetune(which, world, rcfg, cfg.device, log))
+        finetune_missing(world, cfg.device, log, lambda which: realmodel.provide(which, world, rcfg, cfg.device, log))
         model, oracle, ckpt = load_real_world(world, cfg, log)
         enc = hf.tokenizer(cfg.init_from)
         extra = dict(real_world=realworld.split())

@@ -44,3 +44,19 @@ def test_a_list_naming_unknown_questions_is_a_clear_error(tmp_path):
     (tmp_path / "rw.json").write_text(json.dumps(dict(kept=[["capital", "Atlantis"]])))
     with pytest.raises(UserError, match="the pool does not have"):
         realworld.split(str(tmp_path / "rw.json"))
+
+
+@pytest.mark.parametrize("which", ["base", "oracle"])
+def test_the_shipped_fine_tunes_match_their_recipe(which):
+    """assets/smollm2-135m-world0-*.pt are what `python train.py --init_from smollm2-135m` makes with
+    today's recipe, world and questions (realmodel.recipe): a first run uses them instead of fine-tuning."""
+    import torch
+    from dataclasses import asdict
+    from lib import realmodel
+    cfg = realmodel.RealTrainConfig()
+    path = realmodel.shipped(which, cfg)
+    assert path is not None, f"no shipped {which} fine-tune for {cfg.init_from}, world {cfg.corpus_seed}"
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["train_config"] == asdict(cfg) and ckpt["which"] == which
+    assert ckpt["recipe"] == realmodel.recipe(cfg)
+    assert all(v.dtype == torch.bfloat16 for v in ckpt["adapter"].values())
