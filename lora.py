@@ -67,7 +67,6 @@ def add_lora(model, rank, alpha, layers=None):
     if unknown := set(layers or ()) - set(targets):
         raise ValueError(f"unknown LoRA layers {sorted(unknown)}; choose from {list(targets)}")
     model.requires_grad_(False)
-    wrapped = {}
     for block in model.blocks:
         for short in layers or targets:
             parent_name, attr = targets[short].split(".")

@@ -5,8 +5,9 @@ Two families share it; the config picks the parts (METHOD §8):
   LlamaConfig  Llama:  RMSNorm, rotary positions (RoPE), SwiGLU MLP, grouped-query attention,
                no biases, head tied or not (SmolLM2, Llama 2/3, TinyLlama)
 
-- forward(idx) returns logits at every position, (B, T, V): the unlearning losses and the Fisher
-  pass need them all, not only the last.
+- forward(idx) returns logits at every position, (B, T, V), not only the last: the unlearning losses,
+  the Fisher pass and the metrics score every target token. forward(idx, only=mask) returns them at
+  the target positions alone, (N, V): the head is a fifth of a real model's FLOPs.
 - token_nll is the one place where the per-token loss is computed; ignored labels (-100) never count.
 - q, k and v are three Linear layers (GPT-2 stores them fused as c_attn): LoRA then adapts each one,
   as the paper does (METHOD §2). The model names what the rest of the code needs: its blocks, a

@@ -31,6 +31,7 @@ from model import IGNORE, at_least_float32, at_targets, lm_loss, token_nll
 
 # ----------------------------------------------------------------------------- losses (METHOD §1)
 # logits (B, T, V) and targets (B, T) are aligned: logits[:, t] predicts targets[:, t]; IGNORE skipped.
+# The logits may also be (N, V), at the target positions alone (model.forward's `only`).
 def ga_loss(logits, targets):
     """Gradient ascent: L = −NLL = mean_t log p(y_t). Unbounded below, hence unstable."""
     return -lm_loss(logits, targets)
@@ -61,6 +62,16 @@ SCORE_ALL_EVERY = 4  # evaluations between scorings of the retained splits (also
 ADAPTERS = ("fila", "pissa", "lora", "full")
 
 
+# Defaults per kind of model, each chosen on its development world (corpus seed 0) and reported on others:
+# the built-in model by experiments/world_search.py, a real one (--init_from) by experiments/real_protocol.py.
+DEFAULTS = {"built-in": dict(rank=4, lr=2e-3, epochs=40, retain_weight=2.0),
+            "real": dict(rank=8, lr=3e-4, epochs=10, retain_weight=1.0)}
+
+
+def per_model(flag):
+    return f"(default {DEFAULTS['built-in'][flag]:g} on the built-in model, {DEFAULTS['real'][flag]:g} on a real one)"
+
+
 def opt(default, help):
     """A config field with its --help text: main() turns every field into a command-line flag."""
     return field(default=default, metadata={"help": help})
@@ -70,14 +81,14 @@ def opt(default, help):
 class UnlearnConfig:
     loss: str = opt("ihl", "ga | gd | ihl | npo (gd is ga with the retain term)")
     adapter: str = opt("fila", "fila | pissa | lora (default init) | full (no adapters)")
-    rank: int = opt(None, "LoRA rank r (default: DEFAULTS, per kind of model)")
+    rank: int = opt(None, f"LoRA rank r {per_model('rank')}")
     fila_eps: float = opt(1e-5, "ε of FILA's importance F_f / (F_r + ε) and of 1/(w + ε) (the authors' 1e-5)")
     fisher_retain: int = opt(0, "retain sequences the retain Fisher is taken on, a seeded sample (0: all of them)")
     alpha: float = opt(None, "LoRA alpha (default 2 * rank, so s = 2, as the authors)")
-    lr: float = opt(None, "AdamW learning rate (default: DEFAULTS, per kind of model)")
-    epochs: int = opt(None, "most passes over the forget set; the stopping rule may end sooner (default: DEFAULTS)")
+    lr: float = opt(None, f"AdamW learning rate {per_model('lr')}")
+    epochs: int = opt(None, f"most passes over the forget set; the stopping rule may end sooner {per_model('epochs')}")
     batch_size: int = opt(8, "forget sequences per step (and as many retain sequences)")
-    retain_weight: float = opt(None, "λ of the retain NLL term (default: DEFAULTS for gd/ihl/npo, 0 for ga)")
+    retain_weight: float = opt(None, f"λ of the retain NLL term for gd/ihl/npo {per_model('retain_weight')}; ga has none")
     el_n: int = opt(4, "n of EL_n (the biographies are ~45 tokens, so 4 rather than the paper's 10)")
     eval_retain: int = opt(40, "retain people (or sequences) scored at each evaluation; 0: all")
     npo_beta: float = opt(0.1, "β of NPO")
@@ -88,18 +99,13 @@ class UnlearnConfig:
     device: str = opt("auto", "auto (cuda, then mps, then cpu) | cpu | cuda | mps")
     base_dir: str = opt("out", "folder of the worlds: <base_dir>/world<corpus_seed>/base.pt and oracle.pt (trained there if missing)")
     out: str = opt(None, "run folder (default out/<loss>-<adapter>-s<seed>)")
-    init_from: str = opt(None, "a real model: a Hugging Face GPT-2 or Llama folder, a .gguf file, or smollm2-135m (hf.load)")
+    init_from: str = opt(None, "a real model: a Hugging Face GPT-2 or Llama folder, a .gguf file, or smollm2-135m "
+                               "(hf.load); without --forget_file, the built-in world on it")
     forget_file: str = opt(None, "your forget set: text, one sequence per line, or .jsonl (text, or prompt+answer)")
     retain_file: str = opt(None, "your retain set, same formats")
     holdout_file: str = opt(None, "unseen text of the same kind: the thresholds of the stopping rule")
     save_merged: bool = opt(False, "also save the merged model as a Hugging Face folder, out/<run>/hf")
     compile: bool = opt(False, "torch.compile the model (worth it on a GPU; slow to start)")
-
-
-# Defaults per kind of model, each chosen on its development world (corpus seed 0) and reported on others:
-# the built-in model by experiments/world_search.py, a real one (--init_from) by experiments/real_protocol.py.
-DEFAULTS = {"built-in": dict(rank=4, lr=2e-3, epochs=40, retain_weight=2.0),
-            "real": dict(rank=8, lr=3e-4, epochs=10, retain_weight=1.0)}
 
 
 def resolve(cfg):
@@ -187,6 +193,7 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
     log = log if ddp.rank() == 0 else (lambda line: None)
     torch.manual_seed(cfg.seed)
     task = tasks.make_task(cfg, log)
+    torch.manual_seed(cfg.seed)  # again: a world's first use (fine-tuning) must not change the adapters' init
     model, forget, retain = task.model, task.forget, task.retain
     ref = copy.deepcopy(model).requires_grad_(False) if cfg.loss == "npo" else None  # NPO's π_ref
 

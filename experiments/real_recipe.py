@@ -19,9 +19,9 @@ import torch
 from lib import realmodel, userio
 from experiments import bench
 
-RECIPES = [dict(lr=1e-3, epochs=8, replay=False), dict(lr=3e-3, epochs=10, replay=False),
-           dict(lr=3e-3, epochs=10, bios=False), dict(lr=3e-3, epochs=10, rank=4), dict(lr=3e-3, epochs=10),
-           dict(lr=1e-3, epochs=20)]
+# The rows of RESULTS.md §9.1 that today's code makes (the ones with the earlier replay set cannot be made again).
+RECIPES = [dict(rank=16, lr=1e-3, epochs=8, replay=False), dict(rank=16, lr=3e-3, epochs=10, replay=False),
+           dict(rank=8, lr=3e-3, epochs=10)]
 
 
 def name(recipe):

@@ -32,8 +32,7 @@ def load(path):
         model = llama_files.load_gguf(path)
         model.hf_config, model.hf_folder = None, None
     else:
-        with open(os.path.join(path, "config.json")) as f:
-            hf = json.load(f)
+        hf = read_config(path)
         kind = hf.get("model_type", "gpt2")
         if kind not in ("gpt2", "llama"):
             raise UserError(f"{path}: model_type={kind!r} is not supported (gpt2 or llama)")
@@ -50,7 +49,7 @@ def tokenizer(path):
         return vocab.from_gguf(llama_files.open_gguf(path)[0], path)
     if os.path.exists(os.path.join(path, "tokenizer.json")):
         return vocab.from_tokenizer_json(path)
-    if json.load(open(os.path.join(path, "config.json"))).get("model_type", "gpt2") == "gpt2":
+    if read_config(path).get("model_type", "gpt2") == "gpt2":
         return data.get_tokenizer("gpt2", path)
     raise UserError(f"{path}: no tokenizer.json")
 
@@ -63,6 +62,17 @@ def tokenizer_files(path):
         return vocab.tokenizer_json(llama_files.open_gguf(path)[0])
     names = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
     return {n: open(os.path.join(path, n), "rb").read() for n in names if os.path.exists(os.path.join(path, n))}
+
+
+def read_config(folder):
+    try:
+        with open(os.path.join(folder, "config.json")) as f:
+            hf = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{folder}/config.json is not valid JSON ({type(e).__name__})") from None
+    if not isinstance(hf, dict):
+        raise UserError(f"{folder}/config.json is not a JSON object")
+    return hf
 
 
 def resolve(path):
@@ -88,7 +98,8 @@ def resolve(path):
     except ImportError:
         raise UserError(f"{path!r} is not a folder or a file and huggingface_hub is not installed: {hint}") from None
     try:
-        return snapshot_download(path, allow_patterns=["config.json", "model.safetensors", "vocab.json"])
+        return snapshot_download(path, allow_patterns=["config.json", "model.safetensors", "model-*.safetensors",
+                                                       "*.index.json", "vocab.json", "merges.txt", "tokenizer*.json"])
     except Exception as e:
         raise UserError(f"could not download {path!r} ({type(e).__name__}): {hint}") from None
 

@@ -69,8 +69,9 @@ def config_from_hf(hf, where):
                           [("rope_parameters", rope.get("rope_type", "default"), "default")]:
         if value != ok:
             raise UserError(f"{where}: unsupported Llama variant, {key}={value!r} (supported: {ok!r})")
-    if hf.get("head_dim", hf["hidden_size"] // hf["num_attention_heads"]) * hf["num_attention_heads"] != hf["hidden_size"]:
-        raise UserError(f"{where}: unsupported Llama variant, head_dim={hf['head_dim']} (supported: hidden_size / heads)")
+    head_dim = hf.get("head_dim") or hf["hidden_size"] / hf["num_attention_heads"]
+    if head_dim * hf["num_attention_heads"] != hf["hidden_size"] or head_dim != int(head_dim):
+        raise UserError(f"{where}: unsupported Llama variant, head_dim={head_dim} (supported: hidden_size / heads)")
     return LlamaConfig(block_size=hf.get("max_position_embeddings", 2048), vocab_size=hf["vocab_size"],
                        n_layer=hf["num_hidden_layers"], n_head=hf["num_attention_heads"], n_embd=hf["hidden_size"],
                        n_kv_head=hf.get("num_key_value_heads") or hf["num_attention_heads"],
@@ -135,6 +136,10 @@ def open_gguf(path):
 
 def config_from_gguf(f, has_head, where):
     """LlamaConfig from a GGUF file's metadata; has_head: whether it stores output.weight (else tied)."""
+    need = ["tokenizer.ggml.tokens"] + [f"llama.{k}" for k in ("block_count", "context_length", "embedding_length",
+            "feed_forward_length", "attention.head_count", "attention.layer_norm_rms_epsilon")]
+    if f.get("general.architecture") == "llama" and (missing := [k for k in need if k not in f]):
+        raise UserError(f"{where}: the GGUF metadata lacks {', '.join(missing)}")
     if f.get("general.architecture") != "llama":
         raise UserError(f"{where}: general.architecture={f.get('general.architecture')!r}; only 'llama' is supported")
     g = lambda k, default=None: f.get(f"llama.{k}", default)

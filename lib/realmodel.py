@@ -50,8 +50,9 @@ def world_args(cfg):
 
 
 def model_name(init_from):
-    """The model's name, or its file or folder name, made safe for a path."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.basename(os.path.normpath(init_from)))
+    """The model's name, or its file or folder name, made safe for a path (lower case, as hf.resolve
+    reads the name smollm2-135m)."""
+    return re.sub(r"[^a-z0-9._-]+", "_", os.path.basename(os.path.normpath(init_from)).lower())
 
 
 def world_dir(base_dir, init_from, corpus_seed):
@@ -121,7 +122,7 @@ def finetune(which, folder, cfg, device="cpu", log=print):
             x, y = data.collate([examples[i] for i in batch], device)
             loss, bad = runtime.update(opt, params, lm_loss(model(x, only=y != IGNORE), y))
             if bad:
-                raise RuntimeError(f"non-finite {bad} at step {step + 1} of the fine-tune (lr {cfg.lr} too high?)")
+                raise UserError(f"non-finite {bad} at step {step + 1} of the fine-tune (lr {cfg.lr} too high?)")
             step += 1
         done = time.time() - t0
         log(f"  epoch {epoch + 1}/{cfg.epochs}  loss {loss:.3f}  {done:.0f}s (~{done / (epoch + 1) * (cfg.epochs - epoch - 1):.0f}s more)")
@@ -157,10 +158,13 @@ def load(path, device="cpu"):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         cfg = RealTrainConfig(**ckpt["train_config"])
-        model = hf.load(cfg.init_from)
-        lora.add_lora(model, ckpt["rank"], ckpt["alpha"])
-        lora.load_lora_state_dict(model, ckpt["adapter"])
     except (*DAMAGED, TypeError, ValueError) as e:
         raise UserError(f"{path} is unreadable or not a fine-tune of this code ({type(e).__name__}); "
                         f"delete it (unlearn.py fine-tunes it again on first use)") from None
+    model = hf.load(cfg.init_from)
+    try:
+        lora.add_lora(model, ckpt["rank"], ckpt["alpha"])
+        lora.load_lora_state_dict(model, ckpt["adapter"])
+    except (KeyError, ValueError) as e:
+        raise UserError(f"{path} does not fit {cfg.init_from} ({e}); delete it (unlearn.py fine-tunes it again)") from None
     return lora.merged_copy(model).requires_grad_(False).to(device), ckpt

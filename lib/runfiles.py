@@ -10,6 +10,7 @@
 Every file is written to a temporary name and renamed (userio.atomic_write): a killed run leaves each
 file either complete or absent, never half-written.
 """
+import argparse
 import copy
 import glob
 import io
@@ -23,7 +24,7 @@ import tiktoken
 import torch
 
 import lora
-from lib import data, hf, report, tasks, userio
+from lib import data, hf, realmodel, report, tasks, userio
 from lib.userio import DAMAGED, UserError
 
 
@@ -108,9 +109,14 @@ def load_run(folder, device="cpu"):
     if not os.path.exists(weights):
         raise UserError(f"{folder} has no {os.path.basename(weights)}: the run did not finish saving")
     oracle = None
-    if cfg.get("init_from"):
+    if cfg.get("init_from") and cfg.get("forget_file"):
         base = hf.load(cfg["init_from"]).to(device)
         enc = hf.tokenizer(cfg["init_from"])
+    elif cfg.get("init_from"):  # the built-in world on a real model: its fine-tuned base and oracle
+        base, oracle, ckpt = tasks.load_real_world(realmodel.world_dir(cfg["base_dir"], cfg["init_from"], cfg["corpus_seed"]),
+                                                   argparse.Namespace(**cfg), lambda line: None)
+        enc = hf.tokenizer(cfg["init_from"])
+        cfg["world"] = ckpt["corpus"]
     else:
         base, oracle, ckpt = tasks.load_world(tasks.world_dir(cfg["base_dir"], cfg["corpus_seed"]), cfg["corpus_seed"], device)
         enc = data.get_tokenizer(ckpt["tokenizer"])

@@ -45,7 +45,8 @@ class Task:
 
 # The code a cached measurement depends on besides the checkpoints: edit any of it and the
 # measurements are taken again. Hashed as this process loaded it (at import), not as the files are later.
-MEASURING_CODE = ("lib/corpus.py", "lib/data.py", "model.py", "lib/metrics.py", "lib/evaluation.py", "lib/tasks.py")
+MEASURING_CODE = ("lib/corpus.py", "lib/data.py", "model.py", "lib/metrics.py", "lib/evaluation.py", "lib/tasks.py",
+                  "lib/vocab.py", "lib/llama_files.py", "lib/hf.py", "lib/realworld.py", "assets/real_world.json")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -100,12 +101,19 @@ def finetune_missing(folder, device, log, finetune):
 
 def load_real_world(folder, cfg, log):
     """-> (base model, oracle, the base checkpoint's dict) of the built-in world on a real model."""
+    for which in ("base", "oracle"):
+        if not os.path.exists(os.path.join(folder, f"{which}.pt")):
+            raise UserError(f"{folder}/{which}.pt does not exist: python train.py --init_from {cfg.init_from} "
+                            f"--corpus_seed {cfg.corpus_seed} builds it (unlearn.py does on the world's first use)")
     log(f"loading the base model and the oracle of {folder}/ ...")
     t0 = time.time()
     base, ckpt = realmodel.load(os.path.join(folder, "base.pt"), cfg.device)
     oracle, _ = realmodel.load(os.path.join(folder, "oracle.pt"), cfg.device)
     if ckpt["corpus"]["seed"] != cfg.corpus_seed:
         raise UserError(f"{folder}/base.pt was fine-tuned on corpus seed {ckpt['corpus']['seed']}, not {cfg.corpus_seed}")
+    if ckpt["train_config"]["init_from"].lower() != cfg.init_from.lower():
+        raise UserError(f"{folder}/base.pt is a fine-tune of {ckpt['train_config']['init_from']!r}, not of "
+                        f"{cfg.init_from!r}; give --base_dir another folder")
     log(f"loaded: {time.time() - t0:.1f}s")
     return base, oracle, ckpt
 

@@ -2,9 +2,11 @@
 tokenizer.json or from a GGUF file's metadata (SmolLM2, Llama 3, GPT-2-style vocabularies).
 
 tiktoken merges, inside each pre-tokenized chunk, the adjacent pair whose concatenation has the lowest
-rank, and a token's rank is its id. That is Hugging Face's BPE exactly when merge k of the file makes
-a token whose id grows with k (SmolLM2: merge k makes id 252 + k); `byte_level` checks it and refuses
-a vocabulary where it does not hold. The pre-tokenizer is a regex: GPT-2's, SmolLM2's (every digit on
+rank, and a token's rank is its id. Hugging Face's BPE merges the adjacent pair that is listed earliest
+among the merges. The two agree when merge k of the file makes a token whose id grows with k (SmolLM2:
+merge k makes id 252 + k), which `byte_level` checks (it refuses a vocabulary where it does not hold),
+and when no pair outside the merges list joins into a token (tiktoken would join it; OpenAI's and
+SmolLM2's vocabularies are built so that this does not happen). Tests compare with HF's tokenizer. The pre-tokenizer is a regex: GPT-2's, SmolLM2's (every digit on
 its own first, then GPT-2's), or the one a tokenizer.json's Split names (Llama 3).
 """
 import json
@@ -85,6 +87,8 @@ def from_gguf(fields, name):
     pre = fields.get("tokenizer.ggml.pre", "default")
     if pre not in GGUF_PRE:
         raise UserError(f"{name}: tokenizer.ggml.pre={pre!r} is not supported ({', '.join(GGUF_PRE)})")
+    if missing := [k for k in ("tokens", "token_type", "merges", "eos_token_id") if f"tokenizer.ggml.{k}" not in fields]:
+        raise UserError(f"{name}: the GGUF metadata lacks tokenizer.ggml.{', tokenizer.ggml.'.join(missing)}")
     strings, types = fields["tokenizer.ggml.tokens"], fields["tokenizer.ggml.token_type"]
     ordinary = {t: i for i, (t, kind) in enumerate(zip(strings, types)) if kind == 1}  # 1: normal
     specials = {t: i for i, (t, kind) in enumerate(zip(strings, types)) if kind in (3, 4)}  # control, user
