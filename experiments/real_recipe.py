@@ -19,7 +19,7 @@ import torch
 from lib import realmodel, userio
 from experiments import bench
 
-# The rows of RESULTS.md §9.1 that today's code makes (the ones with the earlier replay set cannot be made again).
+# The rows of RESULTS.md (section 9.1) that today's code makes (the ones with the earlier replay set cannot be made again).
 RECIPES = [dict(rank=16, lr=1e-3, epochs=8, replay=False), dict(rank=16, lr=3e-3, epochs=10, replay=False),
            dict(rank=8, lr=3e-3, epochs=10)]
 
