@@ -249,7 +249,7 @@ def main():
             for w in worlds for (loss, adapter), best in chosen.items()]
     for w in worlds[part::parts]:  # each part fine-tunes its share of the worlds' base models and oracles first
         folder = tasks.world_dir(a.base_dir, w)
-        tasks.finetune_missing(folder, "cpu", print, lambda which: train.finetune(which, folder, replace(train.TrainConfig(), corpus_seed=w)))
+        tasks.finetune_missing(folder, print, lambda which: train.finetune(which, folder, replace(train.TrainConfig(), corpus_seed=w)))
     while not all(os.path.exists(os.path.join(tasks.world_dir(a.base_dir, w), f"{m}.pt")) for w in worlds for m in ("base", "oracle")):
         time.sleep(5)
     for i, (w, s) in enumerate(grid):

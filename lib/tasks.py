@@ -88,7 +88,7 @@ def world_dir(base_dir, corpus_seed):
     return os.path.join(base_dir, f"world{corpus_seed}")
 
 
-def finetune_missing(folder, device, log, finetune):
+def finetune_missing(folder, log, finetune):
     """finetune(which) for whichever of the world's base model and oracle is not in `folder` yet,
     saying so: unlearn.py does this on a world's first use."""
     missing = [w for w in ("base", "oracle") if not os.path.exists(os.path.join(folder, f"{w}.pt"))]
@@ -140,14 +140,14 @@ def builtin_task(cfg, log):
     if cfg.init_from:
         world = realmodel.world_dir(cfg.base_dir, cfg.init_from, cfg.corpus_seed)
         rcfg = replace(realmodel.RealTrainConfig(), init_from=cfg.init_from, corpus_seed=cfg.corpus_seed)
-        finetune_missing(world, cfg.device, log, lambda which: realmodel.provide(which, world, rcfg, cfg.device, log))
+        finetune_missing(world, log, lambda which: realmodel.provide(which, world, rcfg, cfg.device, log))
         model, oracle, ckpt = load_real_world(world, cfg, log)
         enc = hf.tokenizer(cfg.init_from)
         extra = dict(real_world=realworld.split())
     else:
         world = world_dir(cfg.base_dir, cfg.corpus_seed)
         tcfg = replace(train.TrainConfig(), corpus_seed=cfg.corpus_seed)
-        finetune_missing(world, cfg.device, log, lambda which: train.finetune(which, world, tcfg, device=cfg.device, log=log))
+        finetune_missing(world, log, lambda which: train.finetune(which, world, tcfg, device=cfg.device, log=log))
         model, oracle, ckpt = load_world(world, cfg.corpus_seed, cfg.device)
         enc = data.get_tokenizer(ckpt["tokenizer"])
         people, general = corpus.pretraining_corpus()
@@ -171,7 +171,8 @@ def builtin_task(cfg, log):
     return Task(model, enc, forget=data.training_examples(splits["forget"]),
                 retain=data.training_examples(splits["retain"]),
                 scored=scored, holdout=splits["holdout"], oracle=oracle, oracle_ratios=oracle_ratios,
-                oracle_forget=oracle_forget, prompts=[("a forget person", splits["forget"].qa[0][0]), ("a retain person", splits["retain"].qa[0][0])],
+                oracle_forget=oracle_forget, prompts=[("a forget person", splits["forget"].qa[0][0]), ("a retain person", splits["retain"].qa[0][0])]
+                + ([("a real-world question", scored["real_world"].qa[0][0])] if "real_world" in scored else []),
                 utility_splits=("retain", *extra), cache_dir=world)
 
 
@@ -182,7 +183,7 @@ def file_task(cfg, log):
     else:
         world = world_dir(cfg.base_dir, cfg.corpus_seed)
         tcfg = replace(train.TrainConfig(), corpus_seed=cfg.corpus_seed)
-        finetune_missing(world, cfg.device, log, lambda which: train.finetune(which, world, tcfg, device=cfg.device, log=log))
+        finetune_missing(world, log, lambda which: train.finetune(which, world, tcfg, device=cfg.device, log=log))
         model, _, ckpt = load_world(world, cfg.corpus_seed, cfg.device)
         enc = data.get_tokenizer(ckpt["tokenizer"])
     if enc.n_vocab > model.config.vocab_size:

@@ -113,7 +113,7 @@ def test_unlearn_a_llama_folder_with_smollm2s_tokenizer_and_export_it(smollm2, t
     out = tmp_path / "run"
     unlearn.main(["--init_from", str(folder), "--forget_file", str(tmp_path / "forget.jsonl"), "--retain_file",
                   str(tmp_path / "retain.jsonl"), "--holdout_file", str(tmp_path / "holdout.txt"), "--epochs", "2",
-                  "--batch_size", "2", "--lr", "1e-2", "--no_stop", "--save_merged", "--device", "cpu", "--out", str(out)])
+                  "--batch_size", "2", "--lr", "1e-2", "--rank", "4", "--no_stop", "--save_merged", "--device", "cpu", "--out", str(out)])
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["trainable_params"] == 2 * 4 * (2 * (32 + 32) + 2 * (32 + 16) + 3 * (32 + 48))  # per layer: q, o; k, v; gate, up, down
     _, _, unlearned, _, tok = runfiles.load_run(str(out))

@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_the_oracle_meets_the_stopping_rule():
     folder = os.path.join(ROOT, "out", "small", "world0")
-    tasks.finetune_missing(folder, "cpu", lambda line: None, lambda which: train.finetune(which, folder, train.SMALL, log=lambda line: None))
+    tasks.finetune_missing(folder, lambda line: None, lambda which: train.finetune(which, folder, train.SMALL, log=lambda line: None))
     base, oracle, ckpt = tasks.load_world(folder, 0, "cpu", small=True)
     enc, c = data.get_tokenizer(), corpus.make_corpus(**ckpt["corpus"])
     split = {s: data.encode(enc, getattr(c, s), base.config.block_size)[0] for s in ("forget", "holdout")}
