@@ -4,6 +4,7 @@
     python -m experiments.real_protocol                 # sweep on world 0, grid and default on worlds 1-3
     python -m experiments.real_protocol --sweep_only    # only the sweep on world 0
     python -m experiments.real_protocol --default       # only the default run on worlds 1-3
+    python -m experiments.real_protocol --methods ihl+fila ihl+lora ihl+pissa   # a subset of METHODS
     python -m experiments.real_protocol --part 0/2 ...  # share the runs between processes, as reproduce.py
 
 1. Sweep on world 0: every method of METHODS at each learning rate of LRS (λ = 1, the authors').
@@ -54,8 +55,13 @@ def main():
     p.add_argument("--base_dir", default="out", help="where the worlds' base models and oracles live")
     p.add_argument("--out", default=os.path.join("experiments", "results", "real"), help="tables, runs, figure")
     p.add_argument("--worlds", type=int, nargs="+", default=list(REPORT_WORLDS), help="report worlds")
+    p.add_argument("--methods", nargs="+", default=[f"{l}+{ad}" for l, ad in METHODS],
+                   help="which of METHODS, as loss+adapter (default: all)")
     p.add_argument("--part", default="0/1", help="i/n: do every n-th run, from the i-th")
     a = p.parse_args()
+    methods = [tuple(m.split("+")) for m in a.methods]
+    if unknown := [m for m, t in zip(a.methods, methods) if t not in METHODS]:
+        p.error(f"unknown method {unknown[0]}; choose from {', '.join(l + '+' + ad for l, ad in METHODS)}")
     part, parts = map(int, a.part.split("/"))
     t0, epochs = time.time(), unlearn.DEFAULTS["real"]["epochs"]
     run = lambda w, tag="", **s: reproduce.one_run(a.out, w, a.base_dir, epochs, tag, EVAL_EVERY, init_from=MODEL, **s)
@@ -66,7 +72,7 @@ def main():
     d = unlearn.DEFAULTS["real"]
     default = dict(loss="ihl", adapter="fila", lr=d["lr"], retain_weight=d["retain_weight"], rank=d["rank"])
     todo = [] if a.default else [(DEV_WORLD, dict(loss=l, adapter=ad, lr=lr, retain_weight=0.0 if l == "ga" else 1.0))
-                                 for l, ad in METHODS for lr in LRS[ad]]
+                                 for l, ad in methods for lr in LRS[ad]]
     for i, (w, s) in enumerate(todo):
         if i % parts == part:
             say(run(w, **s))
@@ -76,7 +82,7 @@ def main():
     sweep = [run(w, **s) for w, s in todo]
     if a.sweep_only:
         return print(reproduce.grid_table(sweep))
-    chosen = {m: reproduce.best_setting([r for r in sweep if (r["loss"], r["adapter"]) == m]) for m in METHODS} if sweep else {}
+    chosen = {m: reproduce.best_setting([r for r in sweep if (r["loss"], r["adapter"]) == m]) for m in methods} if sweep else {}
     grid = [(w, dict(loss=l, adapter=ad, lr=c["lr"], retain_weight=c["retain_weight"])) for w in a.worlds for (l, ad), c in chosen.items()]
     jobs = [(w, "", s) for w, s in grid] + [(w, "default-", default) for w in a.worlds]
     for i, (w, tag, s) in enumerate(jobs):
@@ -98,7 +104,7 @@ def main():
                                                                   for l, ad in chosen), "",
                f"## 2. The chosen settings on worlds {', '.join(map(str, a.worlds))} (mean ± std over worlds)", "",
                reproduce.grid_table(rows), "", "## The paper's comparisons, world by world", "",
-               reproduce.comparisons_table(rows, COMPARISONS), "", "## FILA against LoRA and PiSSA (IHL)", "",
+               reproduce.comparisons_table(rows, [c for c in COMPARISONS if {c[1], c[2]} <= set(methods)]), "", "## FILA against LoRA and PiSSA (IHL)", "",
                adapters_table(rows), ""]
     md += ["## 3. The stopping rule against the oracle", "", reproduce.oracle_table(defaults), "",
            f"## 4. The default run ({', '.join(f'{k} {v}' for k, v in default.items())}) on every report world", "",

@@ -1,6 +1,6 @@
 """The experiments still run: the protocol's and the search's machinery on the tiny world of
 conftest.py (one run per setting, a few steps), and every table they write from its rows."""
-from experiments import bench, reproduce, world_search
+from experiments import bench, real_protocol, reproduce, world_search
 
 
 def test_protocol_rows_and_tables(base_dir, tmp_path):
@@ -16,6 +16,8 @@ def test_protocol_rows_and_tables(base_dir, tmp_path):
     text = "\n".join([reproduce.grid_table(rows), reproduce.comparisons_table(rows), reproduce.oracle_table(rows),
                       reproduce.checks_table(rows)])
     assert "| IHL | fila | 0.01 | 1 |" in text and "All goals met on" in text
+    adapters = real_protocol.adapters_table([dict(r, real_world_qa=0.5) for r in rows])  # the real model's split
+    assert all(f"| 0 | {ad} |" in adapters for ad in ("fila", "lora", "pissa")) and "| 0 | full |" not in adapters
     search_rows = [dict(r, candidate="tiny") for r in rows]
     assert world_search.best_run(search_rows) in search_rows and "| tiny |" in world_search.table(search_rows)
 
