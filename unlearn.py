@@ -65,7 +65,7 @@ ADAPTERS = ("fila", "pissa", "lora", "full")
 # Defaults per kind of model, each chosen on its development world (corpus seed 0) and reported on others:
 # the built-in model by experiments/world_search.py, a real one (--init_from) by experiments/real_protocol.py.
 DEFAULTS = {"built-in": dict(rank=4, lr=2e-3, epochs=40, retain_weight=2.0),
-            "real": dict(rank=8, lr=3e-4, epochs=10, retain_weight=1.0)}
+            "real": dict(rank=8, lr=1e-4, epochs=10, retain_weight=1.0)}
 
 
 def per_model(flag):
