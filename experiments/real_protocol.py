@@ -26,7 +26,7 @@ from experiments import bench, reproduce
 
 MODEL = "smollm2-135m"
 METHODS = [("ihl", "fila"), ("ihl", "lora"), ("ihl", "pissa"), ("gd", "lora"), ("ga", "lora"), ("npo", "lora"), ("ihl", "full")]
-LRS = {"full": (3e-5, 1e-4), "lora": (3e-4, 1e-3), "pissa": (3e-4, 1e-3), "fila": (3e-4, 1e-3)}
+LRS = {"full": (3e-5, 1e-4), "lora": (1e-4, 3e-4, 1e-3), "pissa": (1e-4, 3e-4, 1e-3), "fila": (1e-4, 3e-4, 1e-3)}
 DEV_WORLD, REPORT_WORLDS = 0, (1, 2, 3)
 EVAL_EVERY = 3  # steps between evaluations: once an epoch (20 forget sequences in batches of 8)
 COMPARISONS = [  # (claim, a, b): the paper says b does better than a
