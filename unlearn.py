@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 import fisher
 import lora
-from lib import data, ddp, evaluation, report, runfiles, runtime, tasks
+from lib import data, ddp, evaluation, realmodel, report, runfiles, runtime, tasks
 from lib.userio import UserError
 from model import IGNORE, at_least_float32, at_targets, lm_loss, token_nll
 
@@ -98,7 +98,7 @@ class UnlearnConfig:
     corpus_seed: int = opt(0, "the built-in world: which invented people exist (0 is the one settings were chosen on)")
     device: str = opt("auto", "auto (cuda, then mps, then cpu) | cpu | cuda | mps")
     base_dir: str = opt("out", "folder of the worlds: <base_dir>/world<corpus_seed>/base.pt and oracle.pt (trained there if missing)")
-    out: str = opt(None, "run folder (default out/<loss>-<adapter>-s<seed>)")
+    out: str = opt(None, "run folder (default out/<loss>-<adapter>-s<seed>; with --init_from, out/<model>/<loss>-<adapter>-s<seed>)")
     init_from: str = opt(None, "a real model: a Hugging Face GPT-2 or Llama folder, a .gguf file, or smollm2-135m "
                                "(hf.load); without --forget_file, the built-in world on it")
     forget_file: str = opt(None, "your forget set: text, one sequence per line, or .jsonl (text, or prompt+answer)")
@@ -128,7 +128,8 @@ def resolve(cfg):
     if cfg.device == "auto":
         cfg.device = "cuda" if torch.cuda.is_available() else \
             "mps" if torch.backends.mps.is_available() else "cpu"
-    cfg.out = cfg.out or os.path.join("out", f"{cfg.loss}-{cfg.adapter}-s{cfg.seed}")
+    model = [realmodel.model_name(cfg.init_from)] if cfg.init_from else []  # a real model's runs beside its worlds
+    cfg.out = cfg.out or os.path.join("out", *model, f"{cfg.loss}-{cfg.adapter}-s{cfg.seed}")
     return cfg
 
 

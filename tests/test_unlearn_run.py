@@ -157,3 +157,10 @@ def test_cached_measurements_follow_the_checkpoints_and_the_code(tmp_path, monke
     assert tasks.json_cache(path, measure) == {"ma": 2.5}
     (tmp_path / "base.pt").write_bytes(b"retrained base weights")  # the checkpoint changed
     assert tasks.json_cache(path, measure) == {"ma": 3.5} and len(calls) == 3
+
+
+def test_a_real_models_runs_have_their_own_folder():
+    """A real-model run does not overwrite the built-in default's folder: it goes beside its worlds."""
+    assert unlearn.resolve(unlearn.UnlearnConfig()).out == os.path.join("out", "ihl-fila-s0")
+    assert unlearn.resolve(unlearn.UnlearnConfig(init_from="smollm2-135m", loss="gd", adapter="lora")).out == \
+        os.path.join("out", "smollm2-135m", "gd-lora-s0")
