@@ -13,7 +13,8 @@
 3. Grid: the chosen settings on worlds 1-3, compared at equal forgetting (reproduce.comparisons_table),
    and the default run (unlearn.DEFAULTS["real"]) with its goals on each world.
 Every world's base model and oracle are fine-tuned on first use into <base_dir>/smollm2-135m/world<seed>/.
-Writes experiments/results/real/: protocol.md, sweep.json, grid.json, grid.png; each run's row in runs/.
+Writes experiments/results/real/: protocol.md, sweep.json, grid.json, grid.png, tradeoff.png (every run against
+the goals); each run's row in runs/.
 """
 import argparse
 import json
@@ -46,6 +47,40 @@ def adapters_table(rows):
                 lines.append(f"| {w} | {ad} | {'yes' if r['met'] else 'no'} | {r['steps']} | {r['forget_qa']:.2f} | "
                              f"{r['retain_qa']:.2f} | {r['real_world_qa']:.2f} | {r['fluency']:.2f} |")
     return "\n".join(lines)
+
+
+def tradeoff_figure(rows, path):
+    """Every run's trade-off against the goals (the shaded corner meets them): how far forget QA stays
+    above the holdout people's, against retain and real-world QA (as shares of their start) and the
+    well-formed forget answers. Colour: the method; marker: the world; filled: met the stopping rule."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), sharex=True)
+    panels = [("retain QA / start", lambda r: r["retain_qa"] / r["start"]["retain_qa"], 0.95),
+              ("real-world QA / start", lambda r: r["real_world_qa"] / r["start"]["real_world_qa"], 0.95),
+              ("forget answers well-formed", lambda r: r["well_formed"], 0.90)]
+    methods = dict.fromkeys([*METHODS, *((r["loss"], r["adapter"]) for r in rows)])  # METHODS' colours first
+    colors = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    for ax, (label, y, goal) in zip(axes, panels):
+        ax.axvspan(-1, 0.10, ymin=0, ymax=1, color="0.93")
+        ax.axhline(goal, color="0.5", lw=0.8)
+        for r in rows:
+            c = colors[r["loss"], r["adapter"]]
+            ax.scatter(r["forget_qa"] - r["holdout_qa"], y(r), marker="os^D"[r["world"] % 4], s=45, color=c,
+                       facecolors=c if r["met"] else "none")
+        ax.set(xlabel="forget QA − holdout QA (goal ≤ 0.10)", ylabel=label)
+        ax.set_xlim(left=-0.1)
+    for m, c in colors.items():
+        if any((r["loss"], r["adapter"]) == m for r in rows):
+            axes[0].scatter([], [], color=c, label=f"{m[0].upper()} + {m[1]}")
+    for w in sorted({r["world"] for r in rows}):
+        axes[0].scatter([], [], marker="os^D"[w % 4], color="k", facecolors="none", label=f"world {w}")
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle("every run at the stopping rule (filled) or its end (hollow); the goals: the grey band and above the line")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, metadata={"Software": None})
+    plt.close(fig)
 
 
 def main():
@@ -106,6 +141,7 @@ def main():
                reproduce.grid_table(rows), "", "## The paper's comparisons, world by world", "",
                reproduce.comparisons_table(rows, [c for c in COMPARISONS if {c[1], c[2]} <= set(methods)]), "", "## FILA against LoRA and PiSSA (IHL)", "",
                adapters_table(rows), ""]
+    tradeoff_figure(sweep + rows + defaults, os.path.join(a.out, "tradeoff.png"))
     md += ["## 3. The stopping rule against the oracle", "", reproduce.oracle_table(defaults), "",
            f"## 4. The default run ({', '.join(f'{k} {v}' for k, v in default.items())}) on every report world", "",
            reproduce.checks_table(defaults), "",

@@ -18,6 +18,9 @@ def test_protocol_rows_and_tables(base_dir, tmp_path):
     assert "| IHL | fila | 0.01 | 1 |" in text and "All goals met on" in text
     adapters = real_protocol.adapters_table([dict(r, real_world_qa=0.5) for r in rows])  # the real model's split
     assert all(f"| 0 | {ad} |" in adapters for ad in ("fila", "lora", "pissa")) and "| 0 | full |" not in adapters
+    real = [dict(r, real_world_qa=0.5, start=dict(r["start"], real_world_qa=0.6)) for r in rows]
+    real_protocol.tradeoff_figure(real, str(tmp_path / "tradeoff.png"))
+    assert (tmp_path / "tradeoff.png").stat().st_size > 10_000
     search_rows = [dict(r, candidate="tiny") for r in rows]
     assert world_search.best_run(search_rows) in search_rows and "| tiny |" in world_search.table(search_rows)
 
