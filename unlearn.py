@@ -2,10 +2,11 @@
 
     python unlearn.py --loss ihl                  # IHL + FILA-initialised LoRA: the paper's method
     python unlearn.py --loss ga --adapter lora    # the baseline it improves on
+    python unlearn.py --loss ihl --init_from smollm2-135m   # the built-in world on a real model
     python unlearn.py --init_from smollm2-135m --forget_file f.txt --retain_file r.txt --holdout_file h.txt
 
-Each step: the unlearning loss on a forget batch, plus λ·NLL on a random retain batch (λ = 2 for
-gd, ihl and npo, 0 for ga). Every epoch (or --eval_every steps): QA metrics, fluency and privacy
+Each step: the unlearning loss on a forget batch, plus λ·NLL on a random retain batch (λ for gd, ihl
+and npo: 2 on the built-in model, 1 on a real one; 0 for ga). Every epoch (or --eval_every steps): QA metrics, fluency and privacy
 leakage on every split, MA (and EL_n where the rule needs it) on the forget biographies; stop once
 forget MA, EL_n and QA accuracy are all below what the starting model scores on people it never saw,
 with a margin for sampling noise (the stopping rule, METHOD §5.3). Results go to out/<run>/.
@@ -128,9 +129,15 @@ def resolve(cfg):
     if cfg.device == "auto":
         cfg.device = "cuda" if torch.cuda.is_available() else \
             "mps" if torch.backends.mps.is_available() else "cpu"
-    model = [realmodel.model_name(cfg.init_from)] if cfg.init_from else []  # a real model's runs beside its worlds
+    model = [realmodel.model_name(cfg.init_from)] if cfg.init_from else []  # not over the built-in default's run
     cfg.out = cfg.out or os.path.join("out", *model, f"{cfg.loss}-{cfg.adapter}-s{cfg.seed}")
     return cfg
+
+
+def fisher_retain_set(retain, n, seed):
+    """The retain examples the retain Fisher is taken on: all of them (n = 0), or a seeded sample of n
+    (the whole set can take minutes on a real model; experiments/real_fisher.py measures what it changes)."""
+    return random.Random(seed).sample(retain, n) if 0 < n < len(retain) else retain
 
 
 def add_adapters(model, cfg, forget, retain, log, saved=None):
@@ -153,8 +160,7 @@ def add_adapters(model, cfg, forget, retain, log, saved=None):
         mine = lambda examples, what: runtime.progress(  # this rank's batches, with a progress line
             list(data.batches(examples, 4))[ddp.rank()::ddp.world()], log, f"Fisher on the {what} set")
         f_forget = fisher.fisher_diagonal(model, mine(forget, "forget"), cfg.device, ddp.all_reduce_sum)
-        if cfg.fisher_retain and cfg.fisher_retain < len(retain):  # a sample: the whole set can take minutes
-            retain = random.Random(cfg.seed).sample(retain, cfg.fisher_retain)
+        retain = fisher_retain_set(retain, cfg.fisher_retain, cfg.seed)
         f_retain = fisher.fisher_diagonal(model, mine(retain, "retain"), cfg.device, ddp.all_reduce_sum)
         log(f"Fisher on {len(forget)} forget and {len(retain)} retain sequences: {time.time() - t0:.1f}s")
         fisher.init_adapters(model, "fila", f_forget, f_retain, eps=cfg.fila_eps)

@@ -4,12 +4,11 @@
 
 FILA weighs each weight row by sqrt(F_forget / F_retain) (METHOD §4). unlearn.py --fisher_retain N takes
 F_retain on a seeded sample of N retain sequences instead of all of them. For each N this prints the time
-of the retain Fisher pass and how far FILA's initial update ΔW = B A (rank 8, every adapted linear) moves
-from the one the whole retain set gives: ‖ΔW_N − ΔW_all‖ / ‖ΔW_all‖ summed over the model's layers, and
-the mean cosine of the row-importance vectors.
+of the retain Fisher pass and how far FILA's initial update ΔW = s·BA (rank 8, every adapted linear) moves
+from the one the whole retain set gives: ‖ΔW_N − ΔW_all‖ / ‖ΔW_all‖ with the norm over all layers at once,
+and the mean over layers of the cosine between row-importance vectors.
 """
 import argparse
-import random
 import time
 
 import torch
@@ -33,20 +32,21 @@ def main():
     t0 = time.time()
     f_forget = fisher.fisher_diagonal(model, passes(task.forget))
     print(f"Fisher on the {len(task.forget)} forget sequences: {time.time() - t0:.1f}s")
-    rows, full = [], None
-    for n in [len(task.retain)] + [n for n in a.samples if n < len(task.retain)]:
-        sample = task.retain if n == len(task.retain) else random.Random(cfg.seed).sample(task.retain, n)
+    rows, ref_update, ref_importance = [], None, None
+    for n in [0] + [n for n in a.samples if n < len(task.retain)]:  # 0: the whole set, the reference
+        sample = unlearn.fisher_retain_set(task.retain, n, cfg.seed)
         t0 = time.time()
         f_retain = fisher.fisher_diagonal(model, passes(sample))
         seconds = time.time() - t0
         importance = fisher.init_adapters(model, "fila", f_forget, f_retain, eps=cfg.fila_eps)  # {layer: w}
         update = {k: m.delta() for k, m in lora.lora_layers(model).items()}  # FILA's first ΔW = s·BA
-        full = full or (update, importance)
-        moved = (sum((update[k] - full[0][k]).square().sum() for k in update) /
-                 sum(full[0][k].square().sum() for k in update)).sqrt().item()
-        cos = torch.stack([torch.nn.functional.cosine_similarity(importance[k], full[1][k], dim=0)
+        if n == 0:
+            ref_update, ref_importance = update, importance
+        moved = (sum((update[k] - ref_update[k]).square().sum() for k in update) /
+                 sum(ref_update[k].square().sum() for k in update)).sqrt().item()
+        cos = torch.stack([torch.nn.functional.cosine_similarity(importance[k], ref_importance[k], dim=0)
                            for k in importance]).mean().item()
-        rows.append(f"| {n} | {seconds:.1f} | {moved:.3f} | {cos:.3f} |")
+        rows.append(f"| {len(sample)} | {seconds:.1f} | {moved:.3f} | {cos:.3f} |")
         print(rows[-1], flush=True)
     print("\n| retain sequences | retain Fisher (s) | ‖ΔW − ΔW_all‖ / ‖ΔW_all‖ | row importance cosine |\n|---|---|---|---|")
     print("\n".join(rows))

@@ -7,7 +7,7 @@
     python -m experiments.real_protocol --methods ihl+fila ihl+lora ihl+pissa   # a subset of METHODS
     python -m experiments.real_protocol --part 0/2 ...  # share the runs between processes, as reproduce.py
 
-1. Sweep on world 0: every method of METHODS at each learning rate of LRS (λ = 1, the authors').
+1. Sweep on world 0: every method of METHODS (or of --methods) at each learning rate of LRS (λ = 1, the authors').
 2. Selection: reproduce.best_setting (the best model utility among runs that met the stopping rule,
    at the step each met it; else the lowest forget QA at the end).
 3. Grid: the chosen settings on worlds 1-3, compared at equal forgetting (reproduce.comparisons_table),
@@ -50,9 +50,10 @@ def adapters_table(rows):
 
 
 def tradeoff_figure(rows, path):
-    """Every run's trade-off against the goals (the shaded corner meets them): how far forget QA stays
-    above the holdout people's, against retain and real-world QA (as shares of their start) and the
-    well-formed forget answers. Colour: the method; marker: the world; filled: met the stopping rule."""
+    """Every run's trade-off against four of the goals (inside the grey band and above the line meets
+    them; fluency is not drawn): how far forget QA stays above the holdout people's, against retain and
+    real-world QA (as shares of their start) and the well-formed forget answers. Colour: the method;
+    marker: the world; filled: met the stopping rule."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -70,7 +71,7 @@ def tradeoff_figure(rows, path):
             ax.scatter(r["forget_qa"] - r["holdout_qa"], y(r), marker="os^D"[r["world"] % 4], s=45, color=c,
                        facecolors=c if r["met"] else "none")
         ax.set(xlabel="forget QA − holdout QA (goal ≤ 0.10)", ylabel=label)
-        ax.set_xlim(left=-0.1)
+        ax.set_xlim(left=min([-0.1] + [r["forget_qa"] - r["holdout_qa"] - 0.02 for r in rows]))
     for m, c in colors.items():
         if any((r["loss"], r["adapter"]) == m for r in rows):
             axes[0].scatter([], [], color=c, label=f"{m[0].upper()} + {m[1]}")
@@ -94,8 +95,8 @@ def main():
                    help="which of METHODS, as loss+adapter (default: all)")
     p.add_argument("--part", default="0/1", help="i/n: do every n-th run, from the i-th")
     a = p.parse_args()
-    methods = [tuple(m.split("+")) for m in a.methods]
-    if unknown := [m for m, t in zip(a.methods, methods) if t not in METHODS]:
+    methods = list(dict.fromkeys(tuple(m.split("+")) for m in a.methods))
+    if unknown := [m for m in a.methods if tuple(m.split("+")) not in METHODS]:
         p.error(f"unknown method {unknown[0]}; choose from {', '.join(l + '+' + ad for l, ad in METHODS)}")
     part, parts = map(int, a.part.split("/"))
     t0, epochs = time.time(), unlearn.DEFAULTS["real"]["epochs"]
@@ -126,7 +127,8 @@ def main():
     if parts > 1:
         return print(f"part {a.part} done; when every part is, run the same command without --part for the tables")
     rows, defaults = [run(w, **s) for w, s in grid], [run(w, "default-", **default) for w in a.worlds]
-    md = [f"# Results of `python -m experiments.real_protocol{' --default' if a.default else ''}`", "",
+    flags = (" --default" if a.default else "") + ("" if set(methods) == set(METHODS) else " --methods " + " ".join(a.methods))
+    md = [f"# Results of `python -m experiments.real_protocol{flags}`", "",
           f"Model: {MODEL} fine-tuned per world (lib/realmodel.py); every run evaluates every {EVAL_EVERY} steps "
           f"(one epoch), up to {epochs} epochs, and is read at the first evaluation that met the stopping rule, "
           f"or at its end.", ""]
@@ -139,8 +141,9 @@ def main():
                                                                   for l, ad in chosen), "",
                f"## 2. The chosen settings on worlds {', '.join(map(str, a.worlds))} (mean ± std over worlds)", "",
                reproduce.grid_table(rows), "", "## The paper's comparisons, world by world", "",
-               reproduce.comparisons_table(rows, [c for c in COMPARISONS if {c[1], c[2]} <= set(methods)]), "", "## FILA against LoRA and PiSSA (IHL)", "",
-               adapters_table(rows), ""]
+               reproduce.comparisons_table(rows, [c for c in COMPARISONS if {c[1], c[2]} <= set(methods)]), ""]
+        if {("ihl", "fila"), ("ihl", "lora"), ("ihl", "pissa")} & set(methods):
+            md += ["## FILA against LoRA and PiSSA (IHL)", "", adapters_table(rows), ""]
     tradeoff_figure(sweep + rows + defaults, os.path.join(a.out, "tradeoff.png"))
     md += ["## 3. The stopping rule against the oracle", "", reproduce.oracle_table(defaults), "",
            f"## 4. The default run ({', '.join(f'{k} {v}' for k, v in default.items())}) on every report world", "",

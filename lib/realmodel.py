@@ -52,7 +52,7 @@ def world_args(cfg):
 def model_name(init_from):
     """The model's name, or its file or folder name, made safe for a path (lower case, as hf.resolve
     reads the name smollm2-135m)."""
-    return re.sub(r"[^a-z0-9._-]+", "_", os.path.basename(os.path.normpath(init_from)).lower())
+    return re.sub(r"[^a-z0-9._-]+", "_", os.path.basename(os.path.abspath(init_from)).lower())
 
 
 def world_dir(base_dir, init_from, corpus_seed):

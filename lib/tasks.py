@@ -168,12 +168,13 @@ def builtin_task(cfg, log):
                                           oracle_reference)
     # D_r, the retain term's data, is the retain people, as TOFU's retain set. The general facts and
     # the pretraining people are scored, not trained on: unlearning has to leave them alone by itself.
+    prompts = [("a forget person", splits["forget"].qa[0][0]), ("a retain person", splits["retain"].qa[0][0])]
+    if "real_world" in scored:
+        prompts.append(("a real-world question", scored["real_world"].qa[0][0]))
     return Task(model, enc, forget=data.training_examples(splits["forget"]),
                 retain=data.training_examples(splits["retain"]),
                 scored=scored, holdout=splits["holdout"], oracle=oracle, oracle_ratios=oracle_ratios,
-                oracle_forget=oracle_forget, prompts=[("a forget person", splits["forget"].qa[0][0]), ("a retain person", splits["retain"].qa[0][0])]
-                + ([("a real-world question", scored["real_world"].qa[0][0])] if "real_world" in scored else []),
-                utility_splits=("retain", *extra), cache_dir=world)
+                oracle_forget=oracle_forget, prompts=prompts, utility_splits=("retain", *extra), cache_dir=world)
 
 
 def file_task(cfg, log):
