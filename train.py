@@ -216,6 +216,7 @@ if __name__ == "__main__":
     p.add_argument("--corpus_seed", type=int, default=0, help="which invented people exist (the world)")
     p.add_argument("--small", action="store_true", help="the SMALL preset: a world of 40 people")
     p.add_argument("--init_from", help="fine-tune this real model instead (e.g. smollm2-135m; lib/realmodel.py)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | mps (default cpu)")
     a = p.parse_args()
     if a.pretrain:
         pretrain()
@@ -224,10 +225,10 @@ if __name__ == "__main__":
         cfg = replace(realmodel.RealTrainConfig(), init_from=a.init_from, seed=a.seed, corpus_seed=a.corpus_seed)
         cfg = replace(cfg, epochs=a.epochs) if a.epochs is not None else cfg
         for w in a.which:
-            realmodel.finetune(w, a.out or realmodel.world_dir("out", a.init_from, a.corpus_seed), cfg)
+            realmodel.finetune(w, a.out or realmodel.world_dir("out", a.init_from, a.corpus_seed), cfg, a.device)
     else:
         cfg = replace(SMALL if a.small else TrainConfig(), seed=a.seed, corpus_seed=a.corpus_seed)
         cfg = replace(cfg, epochs=a.epochs) if a.epochs is not None else cfg
         out = a.out or os.path.join("out", *(["small"] if a.small else []), f"world{a.corpus_seed}")
         for w in a.which:
-            finetune(w, out, cfg)
+            finetune(w, out, cfg, a.device)

@@ -99,33 +99,57 @@ def measure_step(model, params, x, y, repeat):
     return sorted(times)[len(times) // 2]
 
 
-def hf_peft_step(cfg, rank, x, y, repeat):
-    """The same step through transformers + peft LoRA on a model of the same shape: GPT2LMHeadModel
-    (GPT-2's fused c_attn gets one adapter there: peft adapts the module that holds q, k and v) or
-    LlamaForCausalLM with adapters on the same seven linears as ours. The loss counts the same targets."""
-    try:
-        import transformers
-        from peft import LoraConfig, get_peft_model
-    except ImportError as e:  # the benchmark's peers, not requirements of the project
-        raise SystemExit(f"{e.name} is not installed (pip install transformers peft)") from None
+def answer_batch(cfg, B, T, answer, device="cpu"):
+    """Random tokens x (B, T) and targets y: the next token, or, with `answer`, only the last `answer`
+    tokens of x, predicted from the positions before (a QA batch: the loss counts the answer alone)."""
+    x = torch.randint(0, cfg.vocab_size, (B, T), device=device)
+    y = torch.roll(x, -1, 1)
+    if answer is not None:
+        y[:, :T - answer - 1] = IGNORE
+        y[:, -1] = IGNORE
+    return x, y
+
+
+def hf_labels(x, y):
+    """Our targets y as transformers' labels, which it shifts itself: labels[t] = y[t - 1]."""
+    labels = torch.cat([x[:, :1], y], 1)[:, :-1]
+    labels[:, 0] = IGNORE
+    return labels
+
+
+def peft_model(cfg, rank, **hf_kwargs):
+    """transformers' model of cfg's shape with peft LoRA (rank, alpha 2 * rank): LlamaForCausalLM with
+    adapters on the same seven linears as ours, or GPT2LMHeadModel (GPT-2's fused c_attn gets one
+    adapter there: peft adapts the module that holds q, k and v). Built on the default device.
+    Raises ImportError without transformers and peft (the benchmark's peers, not requirements)."""
+    import transformers
+    from peft import LoraConfig, get_peft_model
     if cfg.arch == "llama":
         hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
             vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, intermediate_size=cfg.n_hidden, num_hidden_layers=cfg.n_layer,
             num_attention_heads=cfg.n_head, num_key_value_heads=cfg.n_kv_head, max_position_embeddings=cfg.block_size,
-            rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_head))
+            rope_theta=cfg.rope_theta, tie_word_embeddings=cfg.tie_head, **hf_kwargs))
         lora_cfg = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=[
             "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     else:
         hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
             n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, vocab_size=cfg.vocab_size,
-            n_positions=cfg.block_size, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+            n_positions=cfg.block_size, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, **hf_kwargs))
         lora_cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["c_attn", "c_proj", "c_fc"],
                               lora_dropout=0.0, fan_in_fan_out=True)
-    hf = get_peft_model(hf, lora_cfg)
+    return get_peft_model(hf, lora_cfg)
+
+
+def hf_peft_step(cfg, rank, x, y, repeat):
+    """The same step through transformers + peft LoRA on a model of the same shape (peft_model); the
+    loss counts the same targets."""
+    try:
+        hf = peft_model(cfg, rank)
+    except ImportError as e:
+        raise SystemExit(f"{e.name} is not installed (pip install transformers peft)") from None
     params = [p for p in hf.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
-    labels = torch.cat([x[:, :1], y], 1)[:, :-1]  # transformers shifts the labels itself: labels[t] = y[t - 1]
-    labels[:, 0] = IGNORE
+    labels = hf_labels(x, y)
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -147,11 +171,7 @@ def step_one(shape, mode, rank, repeat):
     """One measurement, in its own process so that its peak memory is its own: prints JSON."""
     cfg, B, T, answer = SHAPES[shape]
     torch.manual_seed(0)
-    x = torch.randint(0, cfg.vocab_size, (B, T))
-    y = torch.roll(x, -1, 1)
-    if answer is not None:  # the targets are the last `answer` tokens of x, predicted from the positions before
-        y[:, :T - answer - 1] = IGNORE
-        y[:, -1] = IGNORE
+    x, y = answer_batch(cfg, B, T, answer)
     if mode == "peft":
         t, n = hf_peft_step(cfg, rank, x, y, repeat)
     else:

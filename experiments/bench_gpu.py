@@ -1,8 +1,10 @@
 """The GPU benchmark behind RESULTS.md: this code's LoRA training step against transformers + peft
-at GPT-2 small, medium and XL shapes (bf16 autocast; step time, MFU, peak memory), and FILA's
-initialisation at XL shape. Each configuration runs in a fresh process. Needs a CUDA GPU.
+at GPT-2 small, medium and XL shapes and at SmolLM2-135M's with a QA batch (bf16 autocast; step time,
+MFU, peak memory), and FILA's initialisation at XL shape. Each configuration runs in a fresh process.
+Needs a CUDA GPU.
 
     python -m experiments.bench_gpu --out gpu.md          # every shape, then FILA's init; --fused, --compile, --bf16_frozen
+    python -m experiments.bench_gpu --shapes smollm2 --rank 4 --fila ''
 """
 import argparse
 import json
@@ -20,12 +22,15 @@ except ImportError:
 
 import fisher
 import lora
-from experiments.bench import GPT2_SMALL, REPO, step_flops
-from model import GPT, GPTConfig, lm_loss
+from experiments.bench import GPT2_SMALL, REPO, SMOLLM2, answer_batch, hf_labels, peft_model, step_flops
+from model import GPT, GPTConfig, IGNORE, lm_loss
 
-GPU_SHAPES = {"small": (GPT2_SMALL, 8, 1024),  # config, B, T: GPT-2 small, medium and XL shapes
-              "medium": (GPTConfig(block_size=1024, vocab_size=50257, n_layer=24, n_head=16, n_embd=1024), 8, 1024),
-              "xl": (GPTConfig(block_size=1024, vocab_size=50257, n_layer=48, n_head=25, n_embd=1600), 4, 1024)}
+# config, B, T, answer tokens per sequence (None: every token is a target): GPT-2 small, medium and XL
+# shapes as in pretraining; SmolLM2-135M's with a QA batch (32 questions, the authors' effective batch)
+GPU_SHAPES = {"small": (GPT2_SMALL, 8, 1024, None),
+              "medium": (GPTConfig(block_size=1024, vocab_size=50257, n_layer=24, n_head=16, n_embd=1024), 8, 1024, None),
+              "xl": (GPTConfig(block_size=1024, vocab_size=50257, n_layer=48, n_head=25, n_embd=1600), 4, 1024, None),
+              "smollm2": (SMOLLM2, 32, 64, 16)}
 
 
 def cuda_timed(fn, warmup, repeat):
@@ -49,28 +54,25 @@ def bf16_matmul_peak(n=8192):
 
 
 def gpu_ours(cfg, args):
-    """This code's GPT with LoRA on q, k, v, o, up, down; levers: --bf16_frozen, --compile (model and loss)."""
+    """This code's model with LoRA on every adapted linear, the head run at the targets alone (as
+    unlearn.py); levers: --bf16_frozen, --compile (model and loss)."""
     with torch.device("cuda"):
         model = GPT(cfg)
     layers = lora.add_lora(model, args.rank, 2 * args.rank)
     if args.bf16_frozen:  # frozen Linear weights stored in bf16: autocast stops re-casting them every step
         for m in layers.values():
             m.base.to(torch.bfloat16)
-    loss_fn = lambda x, y: lm_loss(model(x), y)  # noqa: E731
+    loss_fn = lambda x, y: lm_loss(model(x, only=y != IGNORE), y)  # noqa: E731
     return model, torch.compile(loss_fn) if args.compile else loss_fn
 
 
 def gpu_peft(cfg, args):
-    """transformers' GPT2LMHeadModel (sdpa attention) + peft LoRA on c_attn, c_proj, c_fc, as shipped."""
+    """transformers (sdpa attention) + peft LoRA, as shipped (bench.peft_model); the loss counts the same targets."""
     if transformers is None:
         raise ImportError("transformers and peft are not installed", name="transformers, peft")
     with torch.device("cuda"):
-        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
-            n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, vocab_size=cfg.vocab_size,
-            n_positions=cfg.block_size, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation="sdpa"))
-    hf = get_peft_model(hf, LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0, fan_in_fan_out=True,
-                                       target_modules=["c_attn", "c_proj", "c_fc"]))
-    return hf, lambda x, y: hf(input_ids=x, labels=x).loss
+        hf = peft_model(cfg, args.rank, attn_implementation="sdpa")
+    return hf, lambda x, y: hf(input_ids=x, labels=hf_labels(x, y)).loss
 
 
 def gpu_one(args):
@@ -80,13 +82,12 @@ def gpu_one(args):
     what, how = args.one.split("/")
     if what == "fila":
         return print(json.dumps(dict(seconds=gpu_fila(args, how == "randomized"))))
-    cfg, B, T = GPU_SHAPES[what]
+    cfg, B, T, answer = GPU_SHAPES[what]
     try:
         model, loss_fn = (gpu_ours if how == "ours" else gpu_peft)(cfg, args)
     except ImportError as e:
         return print(json.dumps(dict(error=f"{e.name} not installed" if e.name else str(e))))
-    x = torch.randint(0, cfg.vocab_size, (B, T), device="cuda")
-    y = torch.roll(x, -1, 1)
+    x, y = answer_batch(cfg, B, T, answer, "cuda")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, fused=args.fused or None)
 
@@ -155,8 +156,8 @@ def bench_gpu(args):
          "| peak mem | ours vs peft |")
     emit("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
     for shape in args.shapes.split(","):
-        cfg, B, T = GPU_SHAPES[shape]
-        flops = step_flops(cfg, B, T, args.rank, True)
+        cfg, B, T, answer = GPU_SHAPES[shape]
+        flops = step_flops(cfg, B, T, args.rank, True, answer and B * answer)
         res = {impl: child(f"{shape}/{impl}") for impl in ("ours", "peft")}
         for impl, r in res.items():
             name = "ours" if impl == "ours" else "transformers + peft"
@@ -192,7 +193,7 @@ if __name__ == "__main__":
     p.add_argument("--rank", type=int, default=8, help="LoRA rank, alpha = 2 x rank")
     p.add_argument("--one", help="one configuration in this process: SHAPE/ours, SHAPE/peft, fila/randomized, "
                                  "fila/exact")
-    p.add_argument("--shapes", default="small,medium,xl", help="which of " + ",".join(GPU_SHAPES))
+    p.add_argument("--shapes", default="small,medium,xl,smollm2", help="which of " + ",".join(GPU_SHAPES))
     p.add_argument("--fila", default="randomized,exact", help="FILA init SVDs to time at XL shape ('' for none)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens there)")
     p.add_argument("--peak_tflops", type=float, default=989.0, help="nominal bf16 dense peak (H100/H200: 989)")
