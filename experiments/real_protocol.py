@@ -36,6 +36,12 @@ COMPARISONS = [  # (claim, a, b): the paper says b does better than a
     ("IHL: LoRA vs full", ("ihl", "full"), ("ihl", "lora"))]
 
 
+def grid_job(world, settings, default):
+    """(world, tag, settings) of a grid run: the default's own run where the chosen setting is the
+    default (its rank filled in), so that the same run is not made twice."""
+    return (world, "default-", default) if dict(settings, rank=default["rank"]) == default else (world, "", settings)
+
+
 def adapters_table(rows):
     """IHL with FILA, LoRA and PiSSA, world by world: steps to the stopping rule, and retain and
     real-world QA there (or at the end, for a run that never met the rule)."""
@@ -120,13 +126,15 @@ def main():
         return print(reproduce.grid_table(sweep))
     chosen = {m: reproduce.best_setting([r for r in sweep if (r["loss"], r["adapter"]) == m]) for m in methods} if sweep else {}
     grid = [(w, dict(loss=l, adapter=ad, lr=c["lr"], retain_weight=c["retain_weight"])) for w in a.worlds for (l, ad), c in chosen.items()]
-    jobs = [(w, "", s) for w, s in grid] + [(w, "default-", default) for w in a.worlds]
+    job = lambda w, s: grid_job(w, s, default)
+    jobs = [job(w, s) for w, s in grid] + [(w, "default-", default) for w in a.worlds]
+    jobs = [j for i, j in enumerate(jobs) if j not in jobs[:i]]
     for i, (w, tag, s) in enumerate(jobs):
         if i % parts == part:
             say(run(w, tag, **s))
     if parts > 1:
         return print(f"part {a.part} done; when every part is, run the same command without --part for the tables")
-    rows, defaults = [run(w, **s) for w, s in grid], [run(w, "default-", **default) for w in a.worlds]
+    rows, defaults = [run(*job(w, s)[:2], **job(w, s)[2]) for w, s in grid], [run(w, "default-", **default) for w in a.worlds]
     flags = (" --default" if a.default else "") + ("" if set(methods) == set(METHODS) else " --methods " + " ".join(a.methods))
     md = [f"# Results of `python -m experiments.real_protocol{flags}`", "",
           f"Model: {MODEL} fine-tuned per world (lib/realmodel.py); every run evaluates every {EVAL_EVERY} steps "

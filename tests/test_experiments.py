@@ -25,6 +25,14 @@ def test_protocol_rows_and_tables(base_dir, tmp_path):
     assert world_search.best_run(search_rows) in search_rows and "| tiny |" in world_search.table(search_rows)
 
 
+def test_a_grid_setting_that_is_the_default_is_the_defaults_run():
+    default = dict(loss="ihl", adapter="fila", lr=1e-4, retain_weight=1.0, rank=8)
+    same, other = dict(loss="ihl", adapter="fila", lr=1e-4, retain_weight=1.0), dict(loss="ihl", adapter="lora", lr=1e-4, retain_weight=1.0)
+    assert real_protocol.grid_job(2, same, default) == (2, "default-", default)
+    assert real_protocol.grid_job(2, other, default) == (2, "", other)
+    assert real_protocol.grid_job(2, dict(same, lr=3e-4), default)[1] == ""
+
+
 def test_step_flops_count_lora_as_cheaper():
     cfg, B, T, _ = bench.SHAPES["default"]
     full, lora = bench.step_flops(cfg, B, T, 4, False), bench.step_flops(cfg, B, T, 4, True)
