@@ -5,11 +5,10 @@
     python unlearn.py --loss ihl --init_from smollm2-135m   # the built-in world on a real model
     python unlearn.py --init_from smollm2-135m --forget_file f.txt --retain_file r.txt --holdout_file h.txt
 
-Each step: the unlearning loss on a forget batch, plus λ·NLL on a random retain batch (λ for gd, ihl
-and npo: 2 on the built-in model, 1 on a real one; 0 for ga). Every epoch (or --eval_every steps): QA metrics, fluency and privacy
-leakage on every split, MA (and EL_n where the rule needs it) on the forget biographies; stop once
-forget MA, EL_n and QA accuracy are all below what the starting model scores on people it never saw,
-with a margin for sampling noise (the stopping rule, METHOD §5.3). Results go to out/<run>/.
+Each step: the unlearning loss on a forget batch + λ·NLL on a random retain batch (λ 2 on the built-in
+model, 1 on a real one, 0 for ga). Every epoch (or --eval_every steps) the forget split is scored, the
+others every few evaluations; stop once forget MA, EL_n and QA are below what the start scores on
+people it never saw, with a margin for sampling noise (the stopping rule, METHOD §5.3). Results go to out/<run>/.
 """
 import argparse
 import copy
@@ -230,8 +229,7 @@ def run(cfg: UnlearnConfig, log=print, resume=None):
         return met
 
     def save():  # everything needed to continue exactly here (rank 0 writes)
-        if ddp.rank() == 0:
-            runfiles.save_state(cfg, start, state, model, optimizer)
+        return ddp.rank() == 0 and runfiles.save_state(cfg, start, state, model, optimizer)
 
     # 3. Unlearn: each step, the unlearning loss on a forget batch + λ·NLL on a random retain batch;
     #    evaluate every epoch (or --eval_every steps); stop as soon as the rule is met.

@@ -133,6 +133,16 @@ def load_world(folder, corpus_seed, device, small=False):
     return base, oracle, ckpt
 
 
+def builtin_world(cfg, log):
+    """World cfg.corpus_seed of the built-in model, fine-tuned on its first use -> (its folder, base
+    model, oracle, the base checkpoint's dict, tokenizer)."""
+    world = world_dir(cfg.base_dir, cfg.corpus_seed)
+    tcfg = replace(train.TrainConfig(), corpus_seed=cfg.corpus_seed)
+    finetune_missing(world, log, lambda which: train.finetune(which, world, tcfg, device=cfg.device, log=log))
+    model, oracle, ckpt = load_world(world, cfg.corpus_seed, cfg.device)
+    return world, model, oracle, ckpt, data.get_tokenizer(ckpt["tokenizer"])
+
+
 def builtin_task(cfg, log):
     """The built-in world: on the built-in model (general facts and pretraining people scored beside the
     world's people), or on a real model (--init_from without files: realmodel.py; the real-world
@@ -145,11 +155,7 @@ def builtin_task(cfg, log):
         enc = hf.tokenizer(cfg.init_from)
         extra = dict(real_world=realworld.split())
     else:
-        world = world_dir(cfg.base_dir, cfg.corpus_seed)
-        tcfg = replace(train.TrainConfig(), corpus_seed=cfg.corpus_seed)
-        finetune_missing(world, log, lambda which: train.finetune(which, world, tcfg, device=cfg.device, log=log))
-        model, oracle, ckpt = load_world(world, cfg.corpus_seed, cfg.device)
-        enc = data.get_tokenizer(ckpt["tokenizer"])
+        world, model, oracle, ckpt, enc = builtin_world(cfg, log)
         people, general = corpus.pretraining_corpus()
         extra = dict(general=general, pretraining=corpus.people_subset(people, cfg.eval_retain))
     c = corpus.make_corpus(**ckpt["corpus"])
@@ -182,11 +188,7 @@ def file_task(cfg, log):
         model = load_checkpoint(cfg.init_from, cfg.device, log)
         enc = hf.tokenizer(cfg.init_from)
     else:
-        world = world_dir(cfg.base_dir, cfg.corpus_seed)
-        tcfg = replace(train.TrainConfig(), corpus_seed=cfg.corpus_seed)
-        finetune_missing(world, log, lambda which: train.finetune(which, world, tcfg, device=cfg.device, log=log))
-        model, _, ckpt = load_world(world, cfg.corpus_seed, cfg.device)
-        enc = data.get_tokenizer(ckpt["tokenizer"])
+        _, model, _, _, enc = builtin_world(cfg, log)
     if enc.n_vocab > model.config.vocab_size:
         raise UserError(f"the tokenizer has {enc.n_vocab} tokens but the model only {model.config.vocab_size}")
     B = model.config.block_size
