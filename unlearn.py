@@ -98,7 +98,7 @@ class UnlearnConfig:
     corpus_seed: int = opt(0, "the built-in world: which invented people exist (0 is the one settings were chosen on)")
     device: str = opt("auto", "auto (cuda, then mps, then cpu) | cpu | cuda | mps")
     base_dir: str = opt("out", "folder of the worlds: <base_dir>/world<corpus_seed>/base.pt and oracle.pt (trained there if missing)")
-    out: str = opt(None, "run folder (default out/<loss>-<adapter>-s<seed>; with --init_from, out/<model>/<loss>-<adapter>-s<seed>)")
+    out: str = opt(None, "run folder (default out/[<model>/][<forget file's name>-]<loss>-<adapter>-s<seed>)")
     init_from: str = opt(None, "a real model: a Hugging Face GPT-2 or Llama folder, a .gguf file, or smollm2-135m "
                                "(hf.load); without --forget_file, the built-in world on it")
     forget_file: str = opt(None, "your forget set: text, one sequence per line, or .jsonl (text, or prompt+answer)")
@@ -126,10 +126,10 @@ def resolve(cfg):
         raise UserError(f"--alpha must be > 0, got {cfg.alpha}")
     cfg.retain_weight = 0.0 if cfg.retain_weight is None else cfg.retain_weight  # GA: no retain term
     if cfg.device == "auto":
-        cfg.device = "cuda" if torch.cuda.is_available() else \
-            "mps" if torch.backends.mps.is_available() else "cpu"
+        cfg.device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     model = [realmodel.model_name(cfg.init_from)] if cfg.init_from else []  # not over the built-in default's run
-    cfg.out = cfg.out or os.path.join("out", *model, f"{cfg.loss}-{cfg.adapter}-s{cfg.seed}")
+    files = [os.path.splitext(os.path.basename(cfg.forget_file))[0]] if cfg.forget_file else []  # nor the world's
+    cfg.out = cfg.out or os.path.join("out", *model, "-".join(files + [f"{cfg.loss}-{cfg.adapter}-s{cfg.seed}"]))
     return cfg
 
 

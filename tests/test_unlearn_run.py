@@ -160,7 +160,10 @@ def test_cached_measurements_follow_the_checkpoints_and_the_code(tmp_path, monke
 
 
 def test_a_real_models_runs_have_their_own_folder():
-    """A real-model run does not overwrite the built-in default's folder: it goes beside its worlds."""
+    """A real-model run does not overwrite the built-in default's folder: it goes beside its worlds; a run
+    on the user's files is named after the forget file, so it does not overwrite the built-in world's run."""
     assert unlearn.resolve(unlearn.UnlearnConfig()).out == os.path.join("out", "ihl-fila-s0")
     assert unlearn.resolve(unlearn.UnlearnConfig(init_from="smollm2-135m", loss="gd", adapter="lora")).out == \
         os.path.join("out", "smollm2-135m", "gd-lora-s0")
+    files = unlearn.UnlearnConfig(init_from="smollm2-135m", forget_file=os.path.join("data", "einstein.txt"))
+    assert unlearn.resolve(files).out == os.path.join("out", "smollm2-135m", "einstein-ihl-fila-s0")  # nor the world's
