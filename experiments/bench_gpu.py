@@ -116,7 +116,8 @@ def gpu_fila(args, randomized):
 
 
 def bench_gpu(args):
-    """GPU LoRA training step, ours vs transformers + peft, at GPT-2 small / medium / XL shapes; FILA init time.
+    """GPU LoRA training step, ours vs transformers + peft, at GPU_SHAPES (GPT-2 small / medium / XL, SmolLM2-135M);
+    FILA init time.
     Each row is one fresh process: bf16 autocast, AdamW on the adapters only, `--warmup` untimed steps, then
     the median of `--repeat` steps. How to read the table: TFLOP/s = step_flops (hand count, ours, used for
     both rows) / median step time; MFU divides that by the nominal bf16 dense peak (--peak_tflops) and, in
