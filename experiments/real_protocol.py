@@ -55,6 +55,26 @@ def adapters_table(rows):
     return "\n".join(lines)
 
 
+def goals_table(rows):
+    """Every method's goals (report.checks) world by world, at its chosen setting: how many of the five
+    it meets, and which it misses."""
+    worlds = sorted({r["world"] for r in rows})
+    lines = ["| loss | adapter | lr | " + " | ".join(f"world {w}" for w in worlds) + " | all goals met |",
+             "|---|---|---|" + "---|" * (len(worlds) + 1)]
+    for l, ad in dict.fromkeys((r["loss"], r["adapter"]) for r in rows):
+        runs = {r["world"]: r for r in rows if (r["loss"], r["adapter"]) == (l, ad)}
+        cells = []
+        for w in worlds:
+            checks = runs[w]["checks"] if w in runs else []
+            missed = [" ".join(name.split()[:2]) for name, ok, _ in checks if not ok]  # "forget QA", "retain QA", ...
+            cells.append(f"{len(checks) - len(missed)} of {len(checks)}" + (f" (missed: {', '.join(missed)})" if missed else "")
+                         if checks else "–")
+        met = sum(all(ok for _, ok, _ in r["checks"]) for r in runs.values())
+        lr = ", ".join(sorted({f"{r['lr']:g}" for r in runs.values()}))
+        lines.append(f"| {l.upper()} | {ad} | {lr} | " + " | ".join(cells) + f" | {met} of {len(runs)} |")
+    return "\n".join(lines)
+
+
 def tradeoff_figure(rows, path):
     """Every run's trade-off against four of the goals (inside the grey band and above the line meets
     them; fluency is not drawn): how far forget QA stays above the holdout people's, against retain and
@@ -148,7 +168,8 @@ def main():
                "Chosen by `reproduce.best_setting`: " + "; ".join(f"{l.upper()} + {ad}: lr {chosen[l, ad]['lr']:g}"
                                                                   for l, ad in chosen), "",
                f"## 2. The chosen settings on worlds {', '.join(map(str, a.worlds))} (mean ± std over worlds)", "",
-               reproduce.grid_table(rows), "", "## The paper's comparisons, world by world", "",
+               reproduce.grid_table(rows), "", "## Every goal, method by method (at the chosen settings)", "",
+               goals_table(rows), "", "## The paper's comparisons, world by world", "",
                reproduce.comparisons_table(rows, [c for c in COMPARISONS if {c[1], c[2]} <= set(methods)]), ""]
         if {("ihl", "fila"), ("ihl", "lora"), ("ihl", "pissa")} & set(methods):
             md += ["## FILA against LoRA and PiSSA (IHL)", "", adapters_table(rows), ""]

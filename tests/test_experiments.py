@@ -33,6 +33,17 @@ def test_a_grid_setting_that_is_the_default_is_the_defaults_run():
     assert real_protocol.grid_job(2, dict(same, lr=3e-4), default)[1] == ""
 
 
+def test_goals_table_counts_and_names_the_missed_goals():
+    ok, miss = ["forget QA near the holdout level", True, ""], ["forget QA near the holdout level", False, ""]
+    rule = ["stopping rule met", True, ""]
+    rows = [dict(loss="ihl", adapter="lora", lr=1e-3, world=1, checks=[rule, ok]),
+            dict(loss="ihl", adapter="lora", lr=1e-3, world=2, checks=[rule, miss]),
+            dict(loss="gd", adapter="lora", lr=3e-4, world=2, checks=[rule, ok])]
+    lines = real_protocol.goals_table(rows).splitlines()
+    assert lines[2] == "| IHL | lora | 0.001 | 2 of 2 | 1 of 2 (missed: forget QA) | 1 of 2 |"
+    assert lines[3] == "| GD | lora | 0.0003 | – | 2 of 2 | 1 of 1 |"
+
+
 def test_step_flops_count_lora_as_cheaper():
     cfg, B, T, _ = bench.SHAPES["default"]
     full, lora = bench.step_flops(cfg, B, T, 4, False), bench.step_flops(cfg, B, T, 4, True)
