@@ -1,14 +1,18 @@
 """What a sample of the retain set changes in FILA on a real model (world 0 of SmolLM2-135M).
 
     python -m experiments.real_fisher [--samples 16 32 64] [--corpus_seed 0]
+    python -m experiments.real_fisher --unlearn [--samples 32] [--part i/n]   # what it changes in the outcome
 
 FILA weighs each weight row by sqrt(F_forget / F_retain) (METHOD §4). unlearn.py --fisher_retain N takes
 F_retain on a seeded sample of N retain sequences instead of all of them. For each N this prints the time
 of the retain Fisher pass and how far FILA's initial update ΔW = s·BA (rank 8, every adapted linear) moves
 from the one the whole retain set gives: ‖ΔW_N − ΔW_all‖ / ‖ΔW_all‖ with the norm over all layers at once,
-and the mean over layers of the cosine between row-importance vectors.
+and the mean over layers of the cosine between row-importance vectors. With --unlearn it runs the default
+(unlearn.DEFAULTS["real"], evaluated as real_protocol evaluates) once on the whole retain set and once per N,
+and prints where each met the stopping rule and what it kept; rows are kept in --out/runs/ as the protocol's.
 """
 import argparse
+import os
 import time
 
 import torch
@@ -16,14 +20,38 @@ import torch
 import fisher
 import lora
 import unlearn
+from experiments import real_protocol, reproduce
 from lib import data, tasks
+
+
+def unlearning_rows(a):
+    """The default run with F_retain on the whole retain set (N = 0) and on each sample: one row each."""
+    d = unlearn.DEFAULTS["real"]
+    runs = [dict(init_from=real_protocol.MODEL, loss="ihl", adapter="fila", lr=d["lr"], retain_weight=d["retain_weight"],
+                 rank=d["rank"], fisher_retain=n) for n in [0] + a.samples]
+    part, parts = map(int, a.part.split("/"))
+    run = lambda s: reproduce.one_run(a.out, a.corpus_seed, a.base_dir, d["epochs"], "", real_protocol.EVAL_EVERY, **s)
+    rows = [run(s) for i, s in enumerate(runs) if i % parts == part]
+    if parts > 1:
+        return print(f"part {a.part} done; when every part is, run the same command without --part for the table")
+    print("| retain sequences in F_retain | met the rule | steps | forget QA | well-formed | retain QA | real-world QA | "
+          "fluency (NLL) | seconds |\n|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['fisher_retain'] or 'all'} | {'yes' if r['met'] else 'no'} | {r['steps']} | {r['forget_qa']:.2f} | "
+              f"{r['well_formed']:.2f} | {r['retain_qa']:.2f} | {r['real_world_qa']:.2f} | {r['fluency']:.2f} | {r['seconds']:.0f} |")
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--samples", type=int, nargs="+", default=[16, 32, 64])
     p.add_argument("--corpus_seed", type=int, default=0)
+    p.add_argument("--unlearn", action="store_true", help="compare the default's unlearning with F_retain on each sample")
+    p.add_argument("--part", default="0/1", help="with --unlearn: i/n, do every n-th run from the i-th")
+    p.add_argument("--base_dir", default="out", help="with --unlearn: where the world's base model and oracle live")
+    p.add_argument("--out", default=os.path.join("experiments", "results", "real", "fisher"), help="with --unlearn: rows")
     a = p.parse_args()
+    if a.unlearn:
+        return unlearning_rows(a)
     cfg = unlearn.resolve(unlearn.UnlearnConfig(init_from="smollm2-135m", corpus_seed=a.corpus_seed, device="cpu"))
     task = tasks.make_task(cfg, print)
     model = task.model

@@ -58,20 +58,21 @@ def adapters_table(rows):
 def goals_table(rows):
     """Every method's goals (report.checks) world by world, at its chosen setting: how many of the five
     it meets, and which it misses."""
+    short = lambda name: name.replace(" near the holdout level", "").replace(" kept", "").replace(" met", "")
     worlds = sorted({r["world"] for r in rows})
     lines = ["| loss | adapter | lr | " + " | ".join(f"world {w}" for w in worlds) + " | all goals met |",
              "|---|---|---|" + "---|" * (len(worlds) + 1)]
-    for l, ad in dict.fromkeys((r["loss"], r["adapter"]) for r in rows):
-        runs = {r["world"]: r for r in rows if (r["loss"], r["adapter"]) == (l, ad)}
+    for loss, adapter in dict.fromkeys((r["loss"], r["adapter"]) for r in rows):
+        runs = {r["world"]: r for r in rows if (r["loss"], r["adapter"]) == (loss, adapter)}
         cells = []
         for w in worlds:
             checks = runs[w]["checks"] if w in runs else []
-            missed = [" ".join(name.split()[:2]) for name, ok, _ in checks if not ok]  # "forget QA", "retain QA", ...
-            cells.append(f"{len(checks) - len(missed)} of {len(checks)}" + (f" (missed: {', '.join(missed)})" if missed else "")
-                         if checks else "–")
-        met = sum(all(ok for _, ok, _ in r["checks"]) for r in runs.values())
-        lr = ", ".join(sorted({f"{r['lr']:g}" for r in runs.values()}))
-        lines.append(f"| {l.upper()} | {ad} | {lr} | " + " | ".join(cells) + f" | {met} of {len(runs)} |")
+            missed = [short(name) for name, ok, _ in checks if not ok]
+            cell = f"{len(checks) - len(missed)} of {len(checks)}" if checks else "–"
+            cells.append(cell + (f" (missed: {', '.join(missed)})" if missed else ""))
+        met = sum(bool(r["checks"]) and all(ok for _, ok, _ in r["checks"]) for r in runs.values())
+        lrs = ", ".join(f"{lr:g}" for lr in sorted({r["lr"] for r in runs.values()}))
+        lines.append(f"| {loss.upper()} | {adapter} | {lrs} | " + " | ".join(cells) + f" | {met} of {len(runs)} |")
     return "\n".join(lines)
 
 
