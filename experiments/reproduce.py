@@ -132,21 +132,24 @@ def grid_table(rows):
 
 def comparisons_table(rows, comparisons=COMPARISONS):
     """The paper's comparisons, world by world. Where both runs met the stopping rule they are read at
-    equal forgetting: steps to the rule, retain QA and fluency there. Otherwise not comparable: the
-    two end states are given instead."""
+    equal forgetting: steps to the rule, retain QA and fluency there, what the second does better and
+    then what the first does. Otherwise not comparable: the two end states are given instead."""
     lines = ["| claim | world | verdict | first (steps, forget QA, retain QA, fluency) | second (the same) |",
              "|---|---|---|---|---|"]
+    name = lambda m: f"{m[0].upper()} + {m[1]}"
+    gains = lambda x, y: [k for k, d in (("fewer steps", x["steps"] - y["steps"]), ("more retain QA", y["retain_qa"] - x["retain_qa"]),
+                                         ("more fluent", x["fluency"] - y["fluency"])) if d > 0]  # where y beats x
     state = lambda r: f"{'met at ' + str(r['steps']) if r['met'] else 'not met, end'}: {r['forget_qa']:.2f}, " \
                       f"{r['retain_qa']:.2f}, {r['fluency']:.2f}"
     for claim, a, b in comparisons:
         for w in sorted({r["world"] for r in rows}):
             ra, rb = (next(r for r in rows if (r["loss"], r["adapter"]) == m and r["world"] == w) for m in (a, b))
             if ra["met"] and rb["met"]:
-                better = [k for k, d in (("fewer steps", ra["steps"] - rb["steps"]), ("more retain QA", rb["retain_qa"] -
-                          ra["retain_qa"]), ("more fluent", ra["fluency"] - rb["fluency"])) if d > 0]
-                verdict = f"equal forgetting: {b[0].upper()} + {b[1]} " + (", ".join(better) or "no better")
+                better, worse = gains(ra, rb), gains(rb, ra)
+                verdict = f"equal forgetting: {name(b)} " + (", ".join(better) or "no better") + \
+                          (f"; {name(a)} " + ", ".join(worse) if worse else "")
             else:
-                verdict = "not comparable (" + " and ".join(f"{m[0].upper()} + {m[1]}" for m, r in ((a, ra), (b, rb))
+                verdict = "not comparable (" + " and ".join(name(m) for m, r in ((a, ra), (b, rb))
                                                             if not r["met"]) + " never met the rule)"
             lines.append(f"| {claim} | {w} | {verdict} | {state(ra)} | {state(rb)} |")
     return "\n".join(lines)

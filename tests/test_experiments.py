@@ -44,6 +44,13 @@ def test_goals_table_counts_and_names_the_missed_goals():
     assert lines[3] == "| GD | lora | 0.0003 | – | 2 of 2 | 1 of 1 |"
 
 
+def test_a_verdict_names_what_each_side_does_better():
+    row = lambda loss, steps, retain: dict(loss=loss, adapter="lora", world=1, met=True, steps=steps, forget_qa=0.2,
+                                           retain_qa=retain, fluency=0.5)
+    table = reproduce.comparisons_table([row("gd", 21, 0.97), row("ihl", 9, 0.94)], [("2", ("gd", "lora"), ("ihl", "lora"))])
+    assert "| equal forgetting: IHL + lora fewer steps; GD + lora more retain QA |" in table
+
+
 def test_step_flops_count_lora_as_cheaper():
     cfg, B, T, _ = bench.SHAPES["default"]
     full, lora = bench.step_flops(cfg, B, T, 4, False), bench.step_flops(cfg, B, T, 4, True)
