@@ -26,11 +26,10 @@ from lib import data, tasks
 
 def unlearning_rows(a):
     """The default run with F_retain on the whole retain set (N = 0) and on each sample: one row each."""
-    d = unlearn.DEFAULTS["real"]
-    runs = [dict(init_from=real_protocol.MODEL, loss="ihl", adapter="fila", lr=d["lr"], retain_weight=d["retain_weight"],
-                 rank=d["rank"], fisher_retain=n) for n in [0] + a.samples]
+    runs = [dict(real_protocol.default_settings(), init_from=real_protocol.MODEL, fisher_retain=n) for n in [0] + a.samples]
     part, parts = map(int, a.part.split("/"))
-    run = lambda s: reproduce.one_run(a.out, a.corpus_seed, a.base_dir, d["epochs"], "", real_protocol.EVAL_EVERY, **s)
+    epochs = unlearn.DEFAULTS["real"]["epochs"]
+    run = lambda s: reproduce.one_run(a.out, a.corpus_seed, a.base_dir, epochs, "", real_protocol.EVAL_EVERY, **s)
     rows = [run(s) for i, s in enumerate(runs) if i % parts == part]
     if parts > 1:
         return print(f"part {a.part} done; when every part is, run the same command without --part for the table")

@@ -36,6 +36,12 @@ COMPARISONS = [  # (claim, a, b): the paper says b does better than a
     ("IHL: LoRA vs full", ("ihl", "full"), ("ihl", "lora"))]
 
 
+def default_settings():
+    """The real-model default run's settings (unlearn.DEFAULTS["real"]), as a protocol run takes them."""
+    d = unlearn.DEFAULTS["real"]
+    return dict(loss="ihl", adapter="fila", lr=d["lr"], retain_weight=d["retain_weight"], rank=d["rank"])
+
+
 def grid_job(world, settings, default):
     """(world, tag, settings) of a grid run: the default's own run where the chosen setting is the
     default (its rank filled in), so that the same run is not made twice."""
@@ -132,8 +138,7 @@ def main():
                           f"{'met at step ' + str(r['steps']) if r['met'] else 'not met':16s} forget QA {r['forget_qa']:.2f}  "
                           f"retain {r['retain_qa']:.2f}  real-world {r['real_world_qa']:.2f}  fluency {r['fluency']:.2f}  "
                           f"({r['seconds']:.0f}s)", flush=True)
-    d = unlearn.DEFAULTS["real"]
-    default = dict(loss="ihl", adapter="fila", lr=d["lr"], retain_weight=d["retain_weight"], rank=d["rank"])
+    default = default_settings()
     todo = [] if a.default else [(DEV_WORLD, dict(loss=l, adapter=ad, lr=lr, retain_weight=0.0 if l == "ga" else 1.0))
                                  for l, ad in methods for lr in LRS[ad]]
     for i, (w, s) in enumerate(todo):
